@@ -1,0 +1,3 @@
+from selfctx.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""CLI verbs. Each module is thin: parse options, build a config, call the stage, print a summary."""
