@@ -1,0 +1,1 @@
+"""Benchmark implementations behind `selfctx bench`; heavy imports stay inside the functions."""
