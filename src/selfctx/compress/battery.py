@@ -1,0 +1,222 @@
+"""The expert battery: ratio -> adapter, saved as one folder per expert, and the router that picks one.
+
+On disk (PEFT-like):
+    DIR/battery.json                      {"kind": "lora"|"mha_clone", "ratios": [...], "base_model": ...}
+    DIR/expert-r8/adapter_config.json     AdapterConfig
+    DIR/expert-r8/adapter_model.safetensors
+    DIR/mha-clone/...                     (the single-compressor baseline: one adapter for every ratio)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from selfctx.compress.adapters import PROJECTIONS, AdapterConfig, LoraOn, MemoryAdapter, build_adapter
+from selfctx.errors import SelfctxError
+from selfctx.fsutil import atomic_open, write_json_atomic
+
+DEFAULT_RATIOS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _folder_name(config: AdapterConfig) -> str:
+    return "mha-clone" if config.kind == "mha_clone" else f"expert-r{config.ratio}"
+
+
+def _init_embedding(model: nn.Module, token_id: int | None) -> tuple[torch.Tensor, int]:
+    """The memory embedding starts as an existing token's embedding (BOS, else EOS, else token 0), so the
+    untrained memory token reads like a real token rather than noise."""
+    config = model.config
+    for candidate in (token_id, getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None), 0):
+        if isinstance(candidate, list):
+            candidate = candidate[0] if candidate else None
+        if isinstance(candidate, int) and 0 <= candidate < config.vocab_size:
+            return model.get_input_embeddings().weight[candidate], candidate
+    raise AssertionError("unreachable: token 0 always exists")
+
+
+class ExpertBattery(nn.Module):
+    """Adapters by ratio. `kind="lora"`: one LoRA expert per ratio. `kind="mha_clone"`: one shared compressor."""
+
+    def __init__(self, kind: str, adapters: dict[int, MemoryAdapter]) -> None:
+        super().__init__()
+        if not adapters:
+            raise SelfctxError("an expert battery needs at least one ratio")
+        self.kind = kind
+        self.ratios: tuple[int, ...] = tuple(sorted(adapters))
+        unique: dict[int, MemoryAdapter] = {}
+        for adapter in adapters.values():
+            unique.setdefault(id(adapter), adapter)
+        self.adapters = nn.ModuleList(unique.values())  # registered once each (the clone is shared)
+        self._by_ratio = adapters
+
+    @staticmethod
+    def create(
+        model: nn.Module,
+        ratios: tuple[int, ...] | list[int] = DEFAULT_RATIOS,
+        *,
+        kind: str = "lora",
+        rank: int = 8,
+        alpha: float = 16.0,
+        targets: tuple[str, ...] = PROJECTIONS,
+        lora_on: LoraOn = "memory",
+        base_model: str = "",
+        init_token_id: int | None = None,
+    ) -> ExpertBattery:
+        """Untrained adapters for `model` (LoRA B = 0: each expert starts as the base weights)."""
+        bad = [t for t in targets if t not in PROJECTIONS]
+        if bad:
+            raise SelfctxError(f"unknown LoRA target {bad[0]!r}: choose from {', '.join(PROJECTIONS)}")
+        ratios = tuple(sorted(set(int(r) for r in ratios)))
+        if not ratios or min(ratios) < 2:
+            raise SelfctxError("compression ratios must be integers >= 2")
+        layers = model.model.layers
+        embedding, token = _init_embedding(model, init_token_id)
+        common: dict[str, Any] = dict(
+            rank=rank, alpha=alpha, targets=tuple(targets), lora_on=lora_on, base_model=base_model,
+            hidden_size=model.config.hidden_size, num_layers=len(layers), init_token_id=token,
+        )
+        if kind == "lora":
+            adapters = {
+                r: build_adapter(AdapterConfig(kind="lora", ratio=r, **common), layers, embedding) for r in ratios
+            }
+        elif kind == "mha_clone":
+            config = AdapterConfig(kind="mha_clone", ratio=None, extra={"ratios": list(ratios)}, **common)
+            shared = build_adapter(config, layers, embedding)
+            adapters = dict.fromkeys(ratios, shared)
+        else:
+            raise SelfctxError(f"unknown expert kind {kind!r}: use lora or mha_clone")
+        battery = ExpertBattery(kind, adapters)
+        battery.requires_grad_(False)
+        return battery
+
+    def adapter_for(self, ratio: int) -> MemoryAdapter:
+        if ratio not in self._by_ratio:
+            raise SelfctxError(f"no expert for ratio {ratio}: this battery has {', '.join(map(str, self.ratios))}")
+        return self._by_ratio[ratio]
+
+    def adapter_name(self, ratio: int) -> str:
+        return "mha_clone" if self.kind == "mha_clone" else f"lora-r{ratio}"
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per expert (the clone counted once)."""
+        if self.kind == "mha_clone":
+            return {"mha_clone": self.adapters[0].num_parameters()}
+        return {self.adapter_name(r): self._by_ratio[r].num_parameters() for r in self.ratios}
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for adapter in self.adapters:
+            sub = folder / _folder_name(adapter.config)
+            sub.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
+            with atomic_open(sub / "adapter_model.safetensors", "wb") as handle:
+                handle.write(save(state))
+            write_json_atomic(sub / "adapter_config.json", adapter.config.to_json())
+        first = self.adapters[0].config
+        write_json_atomic(
+            folder / "battery.json",
+            {"kind": self.kind, "ratios": list(self.ratios), "base_model": first.base_model,
+             "parameters": self.parameter_counts()},
+        )
+
+    @staticmethod
+    def load(folder: str | Path, model: nn.Module) -> ExpertBattery:
+        """Load a saved battery for `model`; shapes are checked against it."""
+        folder = Path(folder)
+        index = folder / "battery.json"
+        if not index.is_file():
+            raise SelfctxError(f"{folder} is not an expert directory (no battery.json): pass the folder train wrote")
+        meta = json.loads(index.read_text())
+        layers = model.model.layers
+        embedding, _ = _init_embedding(model, None)
+        subfolders = ["mha-clone"] if meta["kind"] == "mha_clone" else [f"expert-r{r}" for r in meta["ratios"]]
+        adapters: dict[int, MemoryAdapter] = {}
+        for name in subfolders:
+            sub = folder / name
+            config = AdapterConfig.from_json(json.loads((sub / "adapter_config.json").read_text()))
+            if config.hidden_size != model.config.hidden_size or config.num_layers != len(layers):
+                raise SelfctxError(
+                    f"expert {sub} was trained for hidden size {config.hidden_size} x {config.num_layers} layers, "
+                    f"but the model has {model.config.hidden_size} x {len(layers)}: use the experts of this model"
+                )
+            adapter = build_adapter(config, layers, embedding)
+            state = load_file(str(sub / "adapter_model.safetensors"), device=str(embedding.device))
+            missing, unexpected = adapter.load_state_dict(
+                {k: v.to(embedding.dtype) for k, v in state.items()}, strict=False
+            )
+            if missing or unexpected:
+                raise SelfctxError(f"expert {sub} does not match the model: missing {missing[:3]}, extra {unexpected[:3]}")
+            if config.kind == "mha_clone":
+                adapters.update(dict.fromkeys(meta["ratios"], adapter))
+            else:
+                adapters[int(config.ratio or 0)] = adapter
+        battery = ExpertBattery(meta["kind"], adapters)
+        battery.requires_grad_(False)
+        return battery
+
+
+@dataclass(frozen=True)
+class Route:
+    """The router's choice for one input. ratio 1 = the input fits natively; nothing is compressed."""
+
+    ratio: int
+    requested_ratio: float  # the least compression that would fit (context tokens / memory slots available)
+    memory_entries: int
+    context_tokens: int
+    native_context: int
+    window: int
+    budget: int
+
+    def describe(self) -> str:
+        if self.ratio == 1:
+            return f"{self.context_tokens} tokens fit the native {self.native_context}: no compression"
+        return (
+            f"{self.context_tokens} tokens -> expert x{self.ratio} ({self.memory_entries} memory entries; "
+            f"needed x{self.requested_ratio:.2f} to fit {self.native_context})"
+        )
+
+
+def memory_entries_for(n_tokens: int, window: int, ratio: int) -> int:
+    """Memory entries after compressing the full windows of an n-token input at `ratio`."""
+    return (n_tokens // window) * (window // ratio)
+
+
+def route(n_tokens: int, budget: int, native_context: int, window: int, ratios: tuple[int, ...]) -> Route:
+    """Smallest trained ratio whose memory + one window + budget fits the native context.
+
+    Inputs that fit natively with their budget are not compressed at all (ratio 1).
+    """
+    if n_tokens + budget <= native_context:
+        return Route(1, 1.0, 0, n_tokens, native_context, window, budget)
+    room = native_context - window - budget  # memory slots available
+    requested = (n_tokens // window) * window / room if room > 0 else float("inf")
+    for ratio in sorted(ratios):
+        entries = memory_entries_for(n_tokens, window, ratio)
+        # covers compression too: the last window's positions reach (entries - n) + W + n
+        if entries + window + budget <= native_context:
+            return Route(ratio, requested, entries, n_tokens, native_context, window, budget)
+    longest = longest_supported(budget, native_context, window, ratios)
+    raise SelfctxError(
+        f"an input of {n_tokens} tokens does not fit: with window {window}, a {budget}-token question+answer budget "
+        f"and native context {native_context}, the experts (ratios {', '.join(map(str, ratios))}) support at most "
+        f"{longest} tokens; train a larger ratio or shorten the input"
+    )
+
+
+def longest_supported(budget: int, native_context: int, window: int, ratios: tuple[int, ...]) -> int:
+    """The longest input (tokens) the battery can compress into the native context."""
+    best = native_context - budget
+    for ratio in ratios:
+        per_window = window // ratio
+        room = native_context - window - budget
+        if room >= 0 and per_window > 0:
+            best = max(best, (room // per_window + 1) * window - 1)
+    return best

@@ -1,0 +1,421 @@
+"""CompressedLM: a frozen causal LM that reads long inputs through compressed memory.
+
+    lm = CompressedLM.from_pretrained("smollm2-135m", experts="runs/experts", window=1024, native_context=8192)
+    result = lm.generate(context=long_text, prompt="Who wrote the letter?", max_new_tokens=64)
+    memory = lm.compress(long_text)                   # compress once ...
+    answers = lm.generate(memory=memory, prompt=["Q1", "Q2"])   # ... answer many, as one batch
+    memory.save("runs/mem"); Memory.load("runs/mem")  # reuse in another process
+
+Every result reports the expert used, the requested and achieved ratio and the memory's bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfctx.compress.battery import DEFAULT_RATIOS, ExpertBattery, Route, route
+from selfctx.compress.engine import (
+    AttentionPattern,
+    BaseParts,
+    KVCache,
+    LayerMemory,
+    cache_from_memory,
+    compress_group,
+    empty_memory,
+    extend,
+)
+from selfctx.compress.memory import Memory, MemoryInfo
+from selfctx.errors import SelfctxError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+_SPLIT = "\u0000SELFCTX-PROMPT\u0000"
+
+
+@dataclass
+class GenerationResult:
+    """Texts plus what it took: expert, ratios, memory size, token counts and timings."""
+
+    texts: list[str]
+    expert: str | None
+    ratio: int
+    requested_ratio: float
+    achieved_ratio: float
+    memory_bytes: int
+    memory_entries: int
+    context_tokens: int
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    memory_reused: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+
+@dataclass
+class TrainOutput:
+    loss: torch.Tensor  # mean next-token loss over the labelled ordinary tokens
+    n_tokens: int  # labelled tokens that contributed
+
+
+class CompressedLM(nn.Module):
+    """The frozen base model + an expert battery + the window/memory mechanism."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None,
+        battery: ExpertBattery,
+        *,
+        window: int = 1024,
+        native_context: int | None = None,
+        pattern: AttentionPattern = "full-coverage",
+        group_tokens: int = 8192,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.parts = BaseParts.from_model(model)
+        self.model = model
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.battery = battery
+        self.window = int(window)
+        self.native_context = int(native_context or model.config.max_position_embeddings)
+        self.pattern: AttentionPattern = pattern
+        self.group_tokens = group_tokens
+        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        for ratio in battery.ratios:
+            if self.window % ratio:
+                raise SelfctxError(f"window {self.window} is not divisible by ratio {ratio}: pick a window that is")
+        if self.window >= self.native_context:
+            raise SelfctxError(
+                f"window {self.window} must be smaller than the native context {self.native_context}"
+            )
+
+    # ---------------------------------------------------------------- construction
+    @staticmethod
+    def from_pretrained(
+        base: str | PreTrainedModel,
+        experts: str | Path | ExpertBattery | None = None,
+        *,
+        window: int = 1024,
+        native_context: int | None = None,
+        ratios: tuple[int, ...] = DEFAULT_RATIOS,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        device: str | None = None,
+        pattern: AttentionPattern = "full-coverage",
+        kind: str = "lora",
+        rank: int = 8,
+    ) -> CompressedLM:
+        """A model spec (or a loaded model) plus an expert folder. Without `experts`, untrained experts for
+        `ratios` are created (zero LoRA: memory tokens read through the base weights)."""
+        if isinstance(base, str):
+            from selfctx.models import load_causal_lm
+
+            model, tokenizer = load_causal_lm(base, dtype=dtype, device=device)
+            name = base
+        else:
+            model, name = base, getattr(base.config, "_name_or_path", "")
+        if isinstance(experts, ExpertBattery):
+            battery = experts
+        elif experts is not None:
+            battery = ExpertBattery.load(experts, model)
+        else:
+            usable = tuple(r for r in ratios if window % r == 0 and r <= window)
+            battery = ExpertBattery.create(model, usable, kind=kind, rank=rank, base_model=name)
+        battery.to(next(model.parameters()).device)
+        return CompressedLM(model, tokenizer, battery, window=window, native_context=native_context,
+                            pattern=pattern, name=name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- core
+    def _group_windows(self, ratio: int) -> int:
+        return max(1, self.group_tokens // (self.window + self.window // ratio))
+
+    def compress_ids(
+        self,
+        ids: torch.Tensor,
+        ratio: int,
+        *,
+        group_windows: int | None = None,
+        memory: list[LayerMemory] | None = None,
+        on_hidden: Any = None,
+        checkpointing: bool = False,
+    ) -> tuple[list[LayerMemory], torch.Tensor]:
+        """Compress every full window of `ids` (B, N); return (memory, tail ids (B, N mod W)).
+
+        `on_hidden(start, hidden)` receives the final hidden states (B, G*W, D) of each group's raw tokens
+        (for training); `group_windows` fixes how many windows share one forward (default: by token budget).
+        """
+        batch, n = ids.shape
+        window = self.window
+        n_full = n // window
+        adapter = self.battery.adapter_for(ratio)
+        n_mem = window // ratio
+        memory = memory if memory is not None else empty_memory(self.parts, batch, self.parts.embed_tokens.weight)
+        group = group_windows or self._group_windows(ratio)
+        for first in range(0, n_full, group):
+            last = min(n_full, first + group)
+            chunk = ids[:, first * window : last * window]  # (B, G*W)
+            memory, hidden = compress_group(
+                self.parts, adapter, chunk, memory, window, n_mem, self.pattern, checkpointing=checkpointing
+            )
+            if on_hidden is not None:
+                on_hidden(first * window, hidden)
+        return memory, ids[:, n_full * window :]
+
+    def logits(self, ids: torch.Tensor, ratio: int, *, group_windows: int | None = None) -> torch.Tensor:
+        """Next-token logits (B, N, V) for every ordinary token of `ids`, reading earlier windows from memory.
+
+        Tokens of the partial last window read the memory plus their raw predecessors."""
+        pieces: list[tuple[int, torch.Tensor]] = []
+        memory, tail = self.compress_ids(
+            ids, ratio, group_windows=group_windows,
+            on_hidden=lambda start, hidden: pieces.append((start, self.parts.lm_head(hidden))),
+        )
+        if tail.shape[1]:
+            cache = cache_from_memory(self.parts, memory, ids.shape[0])
+            tail_logits, _ = extend(self.parts, cache, tail, torch.ones_like(tail), logits_for="all",
+                                    adapter=self.battery.adapter_for(ratio))
+            assert tail_logits is not None
+            pieces.append((ids.shape[1] - tail.shape[1], tail_logits))
+        return torch.cat([p for _, p in sorted(pieces, key=lambda item: item[0])], dim=1)
+
+    def forward_train(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        ratio: int,
+        *,
+        checkpointing: bool = True,
+        group_windows: int | None = None,
+    ) -> TrainOutput:
+        """Training objective: next-token loss on labelled ordinary tokens given compressed earlier windows.
+
+        input_ids, labels (B, N); labels are -100 where no loss is wanted (prompt tokens) and aligned with
+        input_ids (the shift happens here). Gradients flow through the memory across windows into the
+        expert's parameters only (the base model is frozen). Loss is computed group by group so the (N, V)
+        logits are never held at once.
+        """
+        targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)  # (B, N) next token
+        total = input_ids.new_zeros((), dtype=torch.float32)
+        count = int((targets != -100).sum())
+
+        def add_loss(start: int, hidden: torch.Tensor) -> None:
+            nonlocal total
+            span = targets[:, start : start + hidden.shape[1]]  # (B, T)
+            if (span != -100).any():
+                logits = self.parts.lm_head(hidden).float()  # (B, T, V)
+                total = total + F.cross_entropy(logits.flatten(0, 1), span.flatten(), ignore_index=-100,
+                                                reduction="sum")
+
+        memory, tail = self.compress_ids(input_ids, ratio, group_windows=group_windows, on_hidden=add_loss,
+                                         checkpointing=checkpointing)
+        if tail.shape[1]:
+            cache = cache_from_memory(self.parts, memory, input_ids.shape[0])
+            hidden_logits, _ = extend(self.parts, cache, tail, torch.ones_like(tail), logits_for="all",
+                                      adapter=self.battery.adapter_for(ratio))
+            assert hidden_logits is not None
+            span = targets[:, input_ids.shape[1] - tail.shape[1] :]
+            if (span != -100).any():
+                total = total + F.cross_entropy(hidden_logits.float().flatten(0, 1), span.flatten(),
+                                                ignore_index=-100, reduction="sum")
+        return TrainOutput(loss=total / max(1, count), n_tokens=count)
+
+    def trainable_parameters(self, ratio: int) -> list[nn.Parameter]:
+        """The parameters one expert trains (its LoRA + memory embedding), with requires_grad switched on."""
+        adapter = self.battery.adapter_for(ratio)
+        adapter.requires_grad_(True)
+        return list(adapter.parameters())
+
+    # ---------------------------------------------------------------- text API
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise SelfctxError("this CompressedLM has no tokenizer: pass tokenizer= to from_pretrained")
+        return self.tokenizer
+
+    def split_chat(self, context: str, prompt: str) -> tuple[str, str]:
+        """Chat-format [user: context + blank line + prompt]; return (text up to the prompt, the rest)."""
+        tokenizer = self._require_tokenizer()
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{context}{_SPLIT}\n\n{prompt}"}], tokenize=False,
+            add_generation_prompt=True,
+        )
+        head, tail = str(rendered).split(_SPLIT)
+        return head, tail
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._require_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def route_for(self, n_context_tokens: int, budget: int) -> Route:
+        return route(n_context_tokens, budget, self.native_context, self.window, self.battery.ratios)
+
+    @torch.no_grad()
+    def compress(
+        self,
+        context: str | list[int] | torch.Tensor,
+        *,
+        ratio: int | None = None,
+        budget: int = 512,
+        chat: bool = True,
+    ) -> Memory:
+        """Compress a context once (its full windows); the partial last window is kept as raw tail tokens.
+
+        With chat=True a string context is placed in a user turn (the prompt is appended later). `ratio`
+        forces an expert; otherwise the router picks the smallest one that fits with `budget` tokens of
+        question + answer."""
+        if isinstance(context, str):
+            head = self.split_chat(context, "")[0] if chat else context
+            ids = self._encode(head)
+        else:
+            ids = context.tolist() if isinstance(context, torch.Tensor) else list(context)
+        chosen = ratio if ratio is not None else self.route_for(len(ids), budget).ratio
+        tensor = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, N)
+        if chosen == 1:
+            layers = empty_memory(self.parts, 1, self.parts.embed_tokens.weight)
+            tail = tensor
+        else:
+            layers, tail = self.compress_ids(tensor, chosen)
+        info = MemoryInfo(
+            model_name=self.name, adapter=None if chosen == 1 else self.battery.adapter_name(chosen),
+            ratio=chosen, window=self.window, n_context_tokens=len(ids), num_layers=len(self.parts.layers),
+            num_kv_heads=self.parts.num_kv_heads, head_dim=self.parts.head_dim,
+            dtype=str(self.parts.embed_tokens.weight.dtype).replace("torch.", ""),
+        )
+        return Memory(layers=layers, tail_ids=tail[0], info=info)
+
+    def check_memory(self, memory: Memory) -> None:
+        info = memory.info
+        if (info.num_layers, info.num_kv_heads, info.head_dim) != (
+            len(self.parts.layers), self.parts.num_kv_heads, self.parts.head_dim
+        ):
+            raise SelfctxError("this memory was made by a model of another shape: compress the context again")
+        if info.window != self.window:
+            raise SelfctxError(f"this memory used window {info.window}, the model uses {self.window}")
+
+    @torch.no_grad()
+    def generate(
+        self,
+        context: str | None = None,
+        prompt: str | list[str] = "",
+        *,
+        memory: Memory | None = None,
+        max_new_tokens: int = 128,
+        ratio: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        chat: bool = True,
+    ) -> GenerationResult:
+        """Answer one prompt or a batch of prompts over a context (compressed here) or a given Memory."""
+        tokenizer = self._require_tokenizer()
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        started = time.perf_counter()
+        reused = memory is not None
+        if memory is None:
+            if context is None:
+                raise SelfctxError("generate needs a context or a memory")
+            longest = max(len(self._encode(p)) for p in prompts) + 16
+            memory = self.compress(context, ratio=ratio, budget=longest + max_new_tokens, chat=chat)
+        self.check_memory(memory)
+        compressed_at = time.perf_counter()
+        suffixes = [self.split_chat("", p)[1] if chat else p for p in prompts]
+        tail = memory.tail_ids.tolist()
+        rows = [tail + self._encode(s) for s in suffixes]
+        prompt_lengths = [len(r) - len(tail) for r in rows]
+        positions_needed = memory.num_entries + max(len(r) for r in rows) + max_new_tokens
+        if positions_needed > self.native_context:
+            raise SelfctxError(
+                f"memory ({memory.num_entries}) + tail and prompt ({max(len(r) for r in rows)}) + {max_new_tokens} "
+                f"new tokens exceed the native context {self.native_context}: use a higher ratio or a shorter prompt"
+            )
+        completions = self._decode(memory, rows, max_new_tokens, temperature, top_p, seed)
+        finished = time.perf_counter()
+        return GenerationResult(
+            texts=[tokenizer.decode(c, skip_special_tokens=True) for c in completions],
+            expert=memory.info.adapter,
+            ratio=memory.info.ratio,
+            requested_ratio=self.route_for(memory.info.n_context_tokens, max(prompt_lengths) + max_new_tokens
+                                           ).requested_ratio if memory.info.ratio > 1 else 1.0,
+            achieved_ratio=memory.achieved_ratio,
+            memory_bytes=memory.nbytes,
+            memory_entries=memory.num_entries,
+            context_tokens=memory.info.n_context_tokens,
+            prompt_tokens=prompt_lengths,
+            completion_tokens=[len(c) for c in completions],
+            memory_reused=reused,
+            seconds={"compress": compressed_at - started, "generate": finished - compressed_at},
+        )
+
+    def _stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.tokenizer.eos_token_id if self.tokenizer else None,
+                       getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, list):
+                ids.update(int(i) for i in source)
+        return ids
+
+    def _decode(
+        self, memory: Memory, rows: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+        seed: int | None,
+    ) -> list[list[int]]:
+        """Batched decoding over a shared memory: rows are left-padded, then extended token by token."""
+        device = self.device
+        batch = len(rows)
+        width = max(len(r) for r in rows)
+        pad = 0
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
+        cache: KVCache = cache_from_memory(self.parts, [LayerMemory(m.keys.to(device), m.values.to(device))
+                                                        for m in memory.layers], batch)
+        adapter = self.battery.adapter_for(memory.info.ratio) if memory.info.ratio > 1 else None
+        logits, cache = extend(self.parts, cache, ids, mask, adapter=adapter)
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        stop = self._stop_ids()
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            assert logits is not None
+            next_ids = _sample(logits.float(), temperature, top_p, generator)  # (B,)
+            for b in range(batch):
+                if not done[b]:
+                    token = int(next_ids[b])
+                    if token in stop:
+                        done[b] = True
+                    else:
+                        outputs[b].append(token)
+            if bool(done.all()):
+                break
+            logits, cache = extend(self.parts, cache, next_ids[:, None], torch.ones_like(next_ids)[:, None],
+                                   adapter=adapter)
+        return outputs
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+            ) -> torch.Tensor:
+    """Greedy when temperature == 0, else temperature + nucleus sampling. logits (B, V) -> ids (B,)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+        sorted_probs = sorted_probs * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
