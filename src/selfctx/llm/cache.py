@@ -31,11 +31,14 @@ CREATE TABLE IF NOT EXISTS calls (
 
 
 class CallCache:
-    """The SQLite store itself: `get_many(keys)` and `put_many(items)`; safe to share between threads."""
+    """The SQLite store itself: `get_many(keys)` and `put_many(items)`; safe to share between threads.
+
+    `path` is a directory (the file inside is `llm_calls.sqlite`) or a file ending in .sqlite/.sqlite3/.db.
+    """
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
-        if path.is_dir():
+        if path.suffix not in (".sqlite", ".sqlite3", ".db"):  # a directory (the usual --cache-dir)
             path = path / CACHE_FILENAME
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

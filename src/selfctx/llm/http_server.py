@@ -38,6 +38,7 @@ class Fault:
     divisible by it (a deterministic subset); attempts: how many attempts of each matching request misbehave
     (-1 = all of them, i.e. a permanent failure). kind "error" answers HTTP `status`; kind "delay" sleeps
     `delay_s` before answering normally (past a client's timeout, the client has given up by then).
+    `retry_after_s` adds a Retry-After header to error answers.
     """
 
     match: str = ""
@@ -46,6 +47,7 @@ class Fault:
     status: int = 500
     delay_s: float = 0.0
     every: int = 1
+    retry_after_s: float | None = None  # sent as a Retry-After header with error answers (e.g. for 429)
 
 
 @dataclass
@@ -148,10 +150,14 @@ def create_app(
     app.state.stats = stats
     app.state.batcher = batcher
 
-    def error(status: int, message: str, kind: str = "server_error") -> JSONResponse:
+    def error(
+        status: int, message: str, kind: str = "server_error", headers: dict[str, str] | None = None
+    ) -> JSONResponse:
         with lock:
             stats.statuses[status] += 1
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+        return JSONResponse(
+            {"error": {"message": message, "type": kind}}, status_code=status, headers=headers
+        )
 
     def pick_fault(request: ChatRequest, content_key: str, attempt: int) -> Fault | None:
         last = request.messages[-1].content
@@ -195,7 +201,10 @@ def create_app(
                 with lock:
                     stats.faults_injected += 1
                 if fault.kind == "error":
-                    return error(fault.status, f"injected fault (attempt {attempt})")
+                    retry_after = (
+                        None if fault.retry_after_s is None else {"Retry-After": f"{fault.retry_after_s:g}"}
+                    )
+                    return error(fault.status, f"injected fault (attempt {attempt})", headers=retry_after)
                 await asyncio.sleep(fault.delay_s)
             try:
                 completion = await asyncio.wrap_future(batcher.submit(request))
