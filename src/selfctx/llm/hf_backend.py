@@ -172,7 +172,20 @@ class HFLLM(LLM):
                 break
         new_tokens = new_tokens[: request.sampling.max_tokens]
         text = str(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
-        hits = [text.index(s) for s in request.sampling.stop if s and s in text]
-        if hits:
-            text, finish = text[: min(hits)], "stop"
+        stops = [s for s in request.sampling.stop if s and s in text]
+        if stops:
+            text, finish = text[: min(text.index(s) for s in stops)], "stop"
+            new_tokens = new_tokens[: self._tokens_until_stop(new_tokens, stops)]
         return Completion(text, prompt_tokens, len(new_tokens), finish_reason=finish)
+
+    def _tokens_until_stop(self, tokens: list[int], stops: list[str]) -> int:
+        """The fewest leading tokens whose text holds a stop string (binary search: containment is monotone)."""
+        lo, hi = 1, len(tokens)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            text = self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+            if any(s in text for s in stops):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
