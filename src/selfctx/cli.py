@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("generate", "generate"),
     ("bench", "bench"),
     ("eval", "eval"),
+    ("train", "train"),
 ]
 
 for verb, module_name in COMMANDS:

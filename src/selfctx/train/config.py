@@ -1,0 +1,136 @@
+"""Training configuration: one frozen dataclass per concern, filled by `selfctx.config.load_config`.
+
+    cfg = load_config(FinetuneConfig, "configs/train-smollm2-cpu.yaml", ["optim.lr=1e-4"])
+
+`LoopConfig` is everything the generic loop needs (optimizer, schedule, precision, checkpoints, logging);
+`DataConfig` describes the data mix; `FinetuneConfig` adds the model, RoPE scaling and LoRA for issue #8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The generic loop: steps, batch geometry, precision, checkpoints and logs."""
+
+    output_dir: str = "runs/train"
+    max_steps: int = 100
+    micro_batch_size: int = 1  # sequences per forward pass on one process
+    grad_accum_steps: int = 1  # micro-batches per optimizer step on one process
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    device: str | None = None  # None: cuda if available (cuda:<local rank> under torchrun), else cpu
+    gradient_checkpointing: bool = False
+    save_every: int = 50  # optimizer steps between checkpoints (the last step is always saved)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    tensorboard: bool = False
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_steps",
+            "micro_batch_size",
+            "grad_accum_steps",
+            "save_every",
+            "keep_checkpoints",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One ingredient of the mix.
+
+    kind: `synth` = a `selfctx synth` output folder (DIR/data/*.jsonl, chat `messages`, answer-only loss);
+    `chat` = a .jsonl file (or folder of them) of `messages` (answer-only loss); `text` = .txt files or .jsonl
+    with a `text` field, concatenated and cut into sequences of `data.max_tokens` (language modelling).
+    """
+
+    kind: Literal["synth", "chat", "text"]
+    path: str
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0:
+            raise ValueError(f"data source {self.path}: weight must be > 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=list)
+    max_tokens: int = 2048  # longer chat samples are dropped; text is packed into sequences this long
+    min_tokens: int = 8  # shorter samples are dropped
+    max_samples_per_source: int | None = None  # read at most this many rows per source (quick runs)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 2 or self.min_tokens < 1 or self.min_tokens > self.max_tokens:
+            raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Extend the window with a RoPE scaling transformers implements (`config.rope_parameters`).
+
+    factor: scale factor; if None it is target_length / original_max_position_embeddings.
+    original_max_position_embeddings: the window treated as native (None: the model's own); capping it below
+    the real one lets a small model rehearse the recipe (e.g. 2K native x4 = 8K).
+    """
+
+    type: Literal["none", "linear", "dynamic", "yarn", "llama3"] = "none"
+    factor: float | None = None
+    target_length: int | None = None
+    original_max_position_embeddings: int | None = None
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """name: `smollm2-135m` (embedded), a .gguf file, an HF folder / hub id, or `tiny` (random, tests)."""
+
+    name: str = "smollm2-135m"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    method: Literal["lora", "full"] = "lora"
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    save_merged: bool = False  # also write a merged full model (config + safetensors) beside the adapter

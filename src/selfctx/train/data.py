@@ -1,0 +1,292 @@
+"""The training data mix: synthetic long-context samples, plain text and chat data, mixed by weight.
+
+Every source becomes a list of tokenized `Example`s (input ids + labels, -100 where no loss is taken):
+chat-style rows get labels only on assistant tokens (found through the tokenizer's chat template), text is
+concatenated with EOS separators and packed into sequences of `max_tokens`. `DataMix.example(i)` is a pure
+function of (seed, i): which source sample i comes from is drawn by weight, and each source is walked in a
+fresh seeded permutation per epoch. So a run's data position is just a sample counter, resuming is exact, and
+data-parallel ranks can split a global batch without talking to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from selfctx.errors import SelfctxError
+from selfctx.progress import progress
+from selfctx.train.config import DataConfig, DataSource
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]  # IGNORE_INDEX where no loss is taken; same length as input_ids
+    source: str
+
+    @property
+    def n_targets(self) -> int:
+        return sum(1 for t in self.labels[1:] if t != IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------------------------------------- reading rows
+
+
+def _jsonl_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(path.glob("*.jsonl"))
+    return []
+
+
+def _read_jsonl(files: Sequence[Path], limit: int | None) -> Iterator[dict[str, Any]]:
+    count = 0
+    for file in files:
+        with file.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SelfctxError(
+                        f"{file}:{line_no} is not valid JSON ({exc.msg}): fix or remove that line"
+                    ) from None
+                yield row
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+
+def _source_files(source: DataSource) -> list[Path]:
+    path = Path(source.path).expanduser()
+    if source.kind == "synth":
+        files = sorted((path / "data").glob("*.jsonl")) if path.is_dir() else []
+        if not files:
+            raise SelfctxError(
+                f"synth data {path} has no data/*.jsonl shards: pass the output folder of `selfctx synth`"
+            )
+        return files
+    if source.kind == "chat":
+        files = _jsonl_files(path)
+        if not files:
+            raise SelfctxError(f"chat data {path} is not a .jsonl file or a folder of them: fix data.sources")
+        return files
+    files = [path] if path.is_file() else sorted([*path.glob("*.txt"), *path.glob("*.jsonl")])
+    if not files:
+        raise SelfctxError(
+            f"text data {path} is not a .txt/.jsonl file or a folder of them: fix data.sources"
+        )
+    return files
+
+
+# ------------------------------------------------------------------------------------------------ tokenizing
+
+
+def tokenize_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> Example | None:
+    """Token ids of the rendered conversation; labels only on the assistant turns (answer-only loss).
+
+    Assistant spans are located in the rendered text by rendering growing prefixes of the conversation
+    (chat templates are prefix-consistent), then mapped to tokens through the tokenizer's offsets.
+    """
+    messages = list(messages)
+    if not messages or messages[-1].get("role") != "assistant":
+        return None
+    render = tokenizer.apply_chat_template
+    full = str(render(messages, tokenize=False))
+    spans: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant" or i == 0:
+            continue
+        start_text = str(render(messages[:i], tokenize=False, add_generation_prompt=True))
+        end_text = str(render(messages[: i + 1], tokenize=False))
+        if not full.startswith(start_text) or not full.startswith(end_text):
+            raise SelfctxError(
+                "the tokenizer's chat template is not prefix-consistent, so assistant tokens cannot be "
+                "located: use a model whose template renders a conversation as the concatenation of its turns"
+            )
+        spans.append((len(start_text), len(end_text)))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for k, (char_start, _) in enumerate(encoded["offset_mapping"]):
+        if any(start <= char_start < end for start, end in spans):
+            labels[k] = ids[k]
+    return Example(tuple(ids), tuple(labels), "chat")
+
+
+def pack_text(token_stream: Sequence[int], length: int, min_tokens: int, source: str) -> list[Example]:
+    """Cut one long token stream into full-length sequences (the tail is kept if >= min_tokens)."""
+    out = []
+    for start in range(0, len(token_stream), length):
+        chunk = tuple(token_stream[start : start + length])
+        if len(chunk) >= min_tokens:
+            out.append(Example(chunk, chunk, source))
+    return out
+
+
+def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: DataConfig) -> list[Example]:
+    """Tokenize one source with length filtering (chat) or packing (text)."""
+    files = _source_files(source)
+    name = f"{source.kind}:{Path(source.path).name}"
+    if source.kind == "text":
+        eos = tokenizer.eos_token_id
+        stream: list[int] = []
+        docs: list[str] = []
+        for file in files:
+            if file.suffix == ".jsonl":
+                docs.extend(str(row["text"]) for row in _read_jsonl([file], None) if row.get("text"))
+            else:
+                docs.append(file.read_text(encoding="utf-8"))
+        if cfg.max_samples_per_source is not None:
+            docs = docs[: cfg.max_samples_per_source]
+        for doc in progress(docs, desc=f"tokenizing {name}", unit="doc"):
+            stream.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+            if eos is not None:
+                stream.append(int(eos))
+        examples = pack_text(stream, cfg.max_tokens, cfg.min_tokens, name)
+    else:
+        examples = []
+        dropped = 0
+        rows = list(_read_jsonl(files, cfg.max_samples_per_source))
+        for row in progress(rows, desc=f"tokenizing {name}", unit="sample"):
+            if not isinstance(row.get("messages"), list):
+                raise SelfctxError(
+                    f"a row of {source.path} has no `messages` list: chat data needs one per row"
+                )
+            example = tokenize_chat(tokenizer, row["messages"])
+            if example is None or not cfg.min_tokens <= len(example.input_ids) <= cfg.max_tokens:
+                dropped += 1
+                continue
+            examples.append(Example(example.input_ids, example.labels, name))
+        if dropped:
+            log.warning(
+                "%s: dropped %d of %d samples outside [%d, %d] tokens or without an answer",
+                name,
+                dropped,
+                len(rows),
+                cfg.min_tokens,
+                cfg.max_tokens,
+            )
+    if not examples:
+        raise SelfctxError(
+            f"data source {source.path} yields no sample of {cfg.min_tokens}-{cfg.max_tokens} tokens: "
+            "raise data.max_tokens or check the files"
+        )
+    return examples
+
+
+# ------------------------------------------------------------------------------------------------------ mix
+
+_BLOCK = 4096  # source draws are made in seeded blocks so the stream can grow without changing its prefix
+
+
+class DataMix:
+    """A deterministic, endless stream of examples drawn from several sources by weight."""
+
+    def __init__(self, sources: Sequence[Sequence[Example]], weights: Sequence[float], seed: int) -> None:
+        if not sources or any(len(s) == 0 for s in sources):
+            raise SelfctxError("the data mix is empty: configure at least one data source with samples")
+        self.sources = [list(s) for s in sources]
+        probs = np.asarray(weights, dtype=np.float64)
+        self.probs = probs / probs.sum()
+        self.seed = seed
+        self._choice = np.zeros(0, dtype=np.int64)
+        self._ordinal = np.zeros(0, dtype=np.int64)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def _grow(self, n: int) -> None:
+        while len(self._choice) < n:
+            block = len(self._choice) // _BLOCK
+            rng = np.random.default_rng([self.seed, 0, block])
+            draws = rng.choice(len(self.sources), size=_BLOCK, p=self.probs)
+            counts = np.zeros(len(self.sources), dtype=np.int64)
+            if len(self._choice):
+                counts = np.bincount(self._choice, minlength=len(self.sources))
+            ordinals = np.empty(_BLOCK, dtype=np.int64)
+            for k, s in enumerate(draws):
+                ordinals[k] = counts[s]
+                counts[s] += 1
+            self._choice = np.concatenate([self._choice, draws])
+            self._ordinal = np.concatenate([self._ordinal, ordinals])
+
+    def _perm(self, source: int, epoch: int) -> np.ndarray:
+        key = (source, epoch)
+        if key not in self._perms:
+            rng = np.random.default_rng([self.seed, 1, source, epoch])
+            self._perms[key] = rng.permutation(len(self.sources[source]))
+        return self._perms[key]
+
+    def example(self, index: int) -> Example:
+        self._grow(index + 1)
+        source = int(self._choice[index])
+        ordinal = int(self._ordinal[index])
+        size = len(self.sources[source])
+        return self.sources[source][int(self._perm(source, ordinal // size)[ordinal % size])]
+
+
+def build_mix(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> DataMix:
+    if not cfg.sources:
+        raise SelfctxError("no training data: set data.sources (kind synth|chat|text, path, weight)")
+    loaded = [load_source(source, tokenizer, cfg) for source in cfg.sources]
+    return DataMix(loaded, [s.weight for s in cfg.sources], seed)
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def collate(examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Right-pad a list of examples into input_ids / attention_mask / labels tensors."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+class MixBatches:
+    """Micro-batches of a DataMix for one optimizer step on one rank.
+
+    A step consumes `micro * accum * world` consecutive samples; rank r's micro-batch m holds samples
+    [(m * world + r) * micro, ...) of that step, so any (accum, world) split of the same global batch sees
+    the same samples.
+    """
+
+    def __init__(self, mix: DataMix, micro_batch_size: int, grad_accum_steps: int, pad_id: int) -> None:
+        self.mix = mix
+        self.micro = micro_batch_size
+        self.accum = grad_accum_steps
+        self.pad_id = pad_id
+
+    def samples_per_step(self, world: int) -> int:
+        return self.micro * self.accum * world
+
+    def micro_batches(self, step: int, rank: int, world: int, device: Any) -> list[dict[str, Any]]:
+        base = step * self.samples_per_step(world)
+        out = []
+        for m in range(self.accum):
+            first = base + (m * world + rank) * self.micro
+            examples = [self.mix.example(first + j) for j in range(self.micro)]
+            out.append(collate(examples, self.pad_id, device))
+        return out

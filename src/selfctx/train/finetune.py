@@ -1,0 +1,165 @@
+"""`selfctx train --method finetune` (issue #8): extend the window with RoPE scaling, then train LoRA (peft)
+or all weights on the data mix with the shared loop, and save something plain transformers + peft load.
+
+OUTPUT/final/ holds: adapter_config.json + adapter_model.safetensors (LoRA) or the full weights, the scaled
+config.json, the tokenizer, and LOADING.md with the exact loading code. A base that only exists in memory
+(the `tiny` test model) is saved under OUTPUT/base/ so the adapter has something to load onto.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from selfctx.config import to_dict
+from selfctx.errors import SelfctxError
+from selfctx.fsutil import write_json_atomic, write_text_atomic
+from selfctx.train.config import FinetuneConfig
+from selfctx.train.data import MixBatches, build_mix
+from selfctx.train.distributed import barrier, cleanup, init_distributed, resolve_device
+from selfctx.train.loop import Trainer, TrainResult
+from selfctx.train.objective import CausalLMObjective
+from selfctx.train.rope import apply_rope_scaling
+
+TINY = "tiny"
+
+
+def load_base(cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """The base model (with the configured RoPE scaling) and its tokenizer."""
+    if cfg.model.name == TINY:
+        from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
+
+        model: nn.Module = tiny_llama(
+            seed=cfg.loop.seed,
+            dtype=dtype,
+            vocab_size=TINY_TOKENIZER_VOCAB,
+            attn_implementation=cfg.model.attn_implementation,
+        )
+        tokenizer = tiny_tokenizer()
+        model.to(device)
+    else:
+        from selfctx.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(
+            cfg.model.name, dtype=dtype, device=str(device), attn_implementation=cfg.model.attn_implementation
+        )
+    apply_rope_scaling(model, cfg.rope)
+    return model, tokenizer
+
+
+def prepare_trainable(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
+    """Wrap in LoRA (peft) or unfreeze everything; turn on non-reentrant gradient checkpointing if asked."""
+    if cfg.loop.gradient_checkpointing:
+        model.gradient_checkpointing_enable(  # type: ignore[operator]
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    if cfg.method == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    # A fixed seed for LoRA's random init, so every rank (and a resumed run) builds the same adapter.
+    torch.manual_seed(cfg.loop.seed)
+    return get_peft_model(model, lora)  # type: ignore[arg-type]
+
+
+def base_reference(cfg: FinetuneConfig) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None) of the base, for loading code and adapter_config.json."""
+    if cfg.model.name == TINY:
+        return "OUTPUT/base", None
+    from selfctx.models import resolve_model
+
+    spec = resolve_model(cfg.model.name)
+    return spec.folder, spec.gguf_file
+
+
+def save_final(model: nn.Module, tokenizer: Any, cfg: FinetuneConfig, output: Path) -> Path:
+    """Write the adapter (or full model), the scaled config and the tokenizer into output/final."""
+    final = output / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    base_folder, gguf_file = base_reference(cfg)
+    if cfg.method == "lora":
+        lm = model.get_base_model()  # type: ignore[operator]
+        model.peft_config["default"].base_model_name_or_path = (  # type: ignore[index, union-attr]
+            str((output / "base").resolve()) if cfg.model.name == TINY else base_folder
+        )
+        model.save_pretrained(str(final))  # type: ignore[operator]
+        lm.config.save_pretrained(str(final))
+        if cfg.save_merged:
+            merged = model.merge_and_unload()  # type: ignore[operator]
+            merged.save_pretrained(str(output / "merged"))
+            tokenizer.save_pretrained(str(output / "merged"))
+    else:
+        model.save_pretrained(str(final))  # type: ignore[operator]
+    tokenizer.save_pretrained(str(final))
+    write_text_atomic(final / "LOADING.md", _loading_doc(cfg, final, base_folder, gguf_file))
+    return final
+
+
+def _loading_doc(cfg: FinetuneConfig, final: Path, base_folder: str, gguf_file: str | None) -> str:
+    gguf = f', gguf_file="{gguf_file}"' if gguf_file else ""
+    base = str((final.parent / "base").resolve()) if cfg.model.name == TINY else base_folder
+    if cfg.method == "full":
+        body = f'model = AutoModelForCausalLM.from_pretrained("{final}")\n'
+    else:
+        body = (
+            f'config = AutoConfig.from_pretrained("{final}")  # carries the RoPE scaling\n'
+            f'base = AutoModelForCausalLM.from_pretrained("{base}", config=config{gguf})\n'
+            f'model = PeftModel.from_pretrained(base, "{final}")\n'
+        )
+    return (
+        "# Loading this model without selfctx\n\n```python\n"
+        "from peft import PeftModel\nfrom transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'{body}tokenizer = AutoTokenizer.from_pretrained("{final}")\n```\n\n'
+        f"RoPE: {to_dict(cfg.rope)}\n"
+    )
+
+
+@dataclass
+class FinetuneResult:
+    train: TrainResult
+    model: nn.Module  # the trained model as it is in memory (PEFT-wrapped for LoRA)
+    tokenizer: Any
+    final_dir: Path | None  # None when the run stopped before max_steps
+
+
+def run_finetune(cfg: FinetuneConfig, stop_after: int | None = None) -> FinetuneResult:
+    """Train (resuming from the latest checkpoint in cfg.loop.output_dir) and save OUTPUT/final on rank 0."""
+    from selfctx.models import resolve_dtype
+
+    info = init_distributed(cfg.loop.device)
+    try:
+        device = resolve_device(cfg.loop.device, info)
+        dtype = resolve_dtype(cfg.loop.dtype, device.type)
+        base, tokenizer = load_base(cfg, device, dtype)
+        if cfg.model.name == TINY and info.is_main:  # an in-memory base: keep it so the adapter can be loaded
+            base.save_pretrained(str(Path(cfg.loop.output_dir) / "base"))  # type: ignore[operator]
+        model = prepare_trainable(base, cfg)
+        mix = build_mix(cfg.data, tokenizer, cfg.loop.seed)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            raise SelfctxError("the tokenizer has neither a pad nor an eos token: pick another model")
+        batches = MixBatches(mix, cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, int(pad_id))
+        trainer = Trainer(cfg.loop, model, CausalLMObjective(), batches, dist_info=info, run_config=cfg)
+        result = trainer.train(stop_after=stop_after)
+        final: Path | None = None
+        model.eval()
+        if result.step >= cfg.loop.max_steps and info.is_main:
+            final = save_final(model, tokenizer, cfg, Path(cfg.loop.output_dir))
+            write_json_atomic(final / "selfctx_train.json", to_dict(cfg))
+        barrier(info)
+        return FinetuneResult(result, model, tokenizer, final)
+    finally:
+        cleanup(info)

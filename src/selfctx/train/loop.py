@@ -1,0 +1,259 @@
+"""The generic training loop: a module whose trainable parameters are some subset, an objective over a batch.
+
+    trainer = Trainer(loop_cfg, model, CausalLMObjective(), MixBatches(mix, 1, 8, pad_id))
+    result = trainer.train()          # resumes from OUTPUT/checkpoints/latest.json when there is one
+
+Per optimizer step: every rank takes its micro-batches of the global batch, divides each micro-batch's loss
+*sum* by the number of targets in the whole global batch and backpropagates; gradients are summed over
+ranks, clipped, and AdamW + the LR schedule step. The result equals a single-process run with the same
+global batch. Logs go to the console (progress bar with ETA) and OUTPUT/train_log.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from selfctx import config as config_mod
+from selfctx.errors import SelfctxError
+from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
+from selfctx.progress import progress_bar
+from selfctx.train import checkpoint as ckpt
+from selfctx.train.config import LoopConfig
+from selfctx.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_params,
+    sum_gradients,
+)
+from selfctx.train.objective import Objective
+
+LOG_FILE = "train_log.jsonl"
+
+
+class BatchSource(Protocol):
+    def samples_per_step(self, world: int) -> int: ...
+
+    def micro_batches(self, step: int, rank: int, world: int, device: Any) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float]  # per optimizer step run by this call
+    resumed_from: int | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or this process's resident set size on CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import psutil
+
+    return float(psutil.Process().memory_info().rss / 2**20)
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise SelfctxError("the model has no trainable parameters: enable LoRA or unfreeze some weights")
+    return params
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: LoopConfig,
+        model: nn.Module,
+        objective: Objective,
+        batches: BatchSource,
+        *,
+        dist_info: DistInfo | None = None,
+        run_config: Any = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.objective = objective
+        self.batches = batches
+        self.dist = dist_info or DistInfo()
+        self.output_dir = Path(cfg.output_dir)
+        self.device = next(model.parameters()).device
+        self.params = _trainable(model)
+        self.on_step = on_step
+        self.run_config = run_config
+        from transformers import get_scheduler
+
+        opt = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            opt.scheduler, self.optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=cfg.max_steps
+        )
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def _save(self, step: int, state: dict[str, Any]) -> None:
+        barrier(self.dist)
+        tmp = ckpt.checkpoint_dir(self.output_dir, step).with_suffix(".tmp")
+        if self.dist.is_main:
+            ckpt.begin(self.output_dir, step)
+        barrier(self.dist)
+        ckpt.write_rank_rng(tmp, self.dist.rank)
+        barrier(self.dist)
+        if self.dist.is_main:
+            ckpt.finish(
+                self.output_dir,
+                tmp,
+                step,
+                dict(self.params),
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.cfg.keep_checkpoints,
+            )
+        barrier(self.dist)
+
+    def _resume(self) -> dict[str, Any] | None:
+        path = ckpt.latest(self.output_dir)
+        if path is None:
+            return None
+        state = ckpt.load(path, self.dist.rank, self.params, self.optimizer, self.scheduler)
+        if state["samples_per_step"] != self.batches.samples_per_step(self.dist.world):
+            raise SelfctxError(
+                f"{path} was written with {state['samples_per_step']} samples per step, this run has "
+                f"{self.batches.samples_per_step(self.dist.world)}: keep the batch geometry or use a new output_dir"
+            )
+        if self.dist.is_main:  # drop log rows of steps the checkpoint does not contain (they will be redone)
+            log = self.output_dir / LOG_FILE
+            if log.is_file():
+                rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+                write_jsonl_atomic(log, [r for r in rows if r["step"] <= state["step"]])
+        return state
+
+    # ---------------------------------------------------------------------------------------------- steps
+
+    def _step(self, step: int) -> tuple[float, int, float]:
+        """One optimizer step; returns (mean loss over the global batch, tokens processed, grad norm)."""
+        micro = self.batches.micro_batches(step, self.dist.rank, self.dist.world, self.device)
+        local = torch.tensor(
+            [
+                float(sum(self.objective.targets(b) for b in micro)),
+                float(sum(int(b["attention_mask"].sum()) for b in micro))
+                if "attention_mask" in micro[0]
+                else 0.0,
+            ],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        n_targets, n_tokens = all_reduce_sum(local, self.dist).tolist()
+        if n_targets == 0:
+            raise SelfctxError(f"step {step}: the global batch has no loss targets: check the data's labels")
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in micro:
+            loss = self.objective(self.model, batch)
+            (loss / n_targets).backward()
+            loss_sum += loss.detach().double()
+        params = list(self.params.values())
+        sum_gradients(params, self.dist)
+        grads = [p for p in params if p.grad is not None]
+        if self.cfg.optim.max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(grads, self.cfg.optim.max_grad_norm))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([g.grad.norm() for g in grads])))  # type: ignore[union-attr]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = float(all_reduce_sum(loss_sum, self.dist))
+        return total / n_targets, int(n_tokens), norm
+
+    def train(self, stop_after: int | None = None) -> TrainResult:
+        """Train to cfg.max_steps (or stop after step `stop_after`, for tests), resuming if possible."""
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.dist.rank)
+        broadcast_params(list(self.params.values()), self.dist)
+        state = self._resume()
+        step = int(state["step"]) if state else 0
+        samples = int(state["samples_seen"]) if state else 0
+        tokens_total = int(state["tokens_seen"]) if state else 0
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.run_config is not None:
+                write_json_atomic(self.output_dir / "train_config.json", config_mod.to_dict(self.run_config))
+        self.model.train()
+        losses: list[float] = []
+        bar = progress_bar(desc="train", total=cfg.max_steps, unit="step") if self.dist.is_main else None
+        if bar is not None:
+            bar.update(step)
+        log = (self.output_dir / LOG_FILE).open("a", encoding="utf-8") if self.dist.is_main else None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            while step < cfg.max_steps:
+                started = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]
+                loss, n_tokens, norm = self._step(step)
+                elapsed = time.perf_counter() - started
+                step += 1
+                samples += self.batches.samples_per_step(self.dist.world)
+                tokens_total += n_tokens
+                losses.append(loss)
+                if not math.isfinite(loss):
+                    raise SelfctxError(f"loss became {loss} at step {step}: lower optim.lr or check the data")
+                if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                    row = {
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": norm,
+                        "tokens": n_tokens,
+                        "tokens_per_s": n_tokens / elapsed,
+                        "step_s": elapsed,
+                        "memory_mb": memory_mb(self.device),
+                        "samples_seen": samples,
+                        "time": time.time(),
+                    }
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / elapsed:.0f}")
+                    bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(step, loss)
+                if step % cfg.save_every == 0 or step == cfg.max_steps:
+                    self._save(
+                        step,
+                        {
+                            "step": step,
+                            "samples_seen": samples,
+                            "tokens_seen": tokens_total,
+                            "samples_per_step": self.batches.samples_per_step(self.dist.world),
+                            "world": self.dist.world,
+                        },
+                    )
+                if stop_after is not None and step >= stop_after:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+        return TrainResult(step=step, losses=losses, resumed_from=int(state["step"]) if state else None)

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from selfctx.errors import SelfctxError
+from selfctx.tiny import tiny_tokenizer
+from selfctx.train.config import DataConfig, DataSource
+from selfctx.train.data import IGNORE_INDEX, DataMix, Example, MixBatches, build_mix, pack_text, tokenize_chat
+
+
+def test_answer_only_labels_cover_exactly_the_assistant_turn() -> None:
+    tok = tiny_tokenizer()
+    messages = [
+        {"role": "user", "content": "Which colour is the sky?"},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    example = tokenize_chat(tok, messages)
+    assert example is not None
+    labelled = [t for t in example.labels if t != IGNORE_INDEX]
+    assert tok.decode(labelled) == "Blue.<|im_end|>\n"
+    assert tok.decode(list(example.input_ids)) == tok.apply_chat_template(messages, tokenize=False)
+
+
+def test_multi_turn_labels_every_assistant_turn_and_no_user_text() -> None:
+    tok = tiny_tokenizer()
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "first"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "second"},
+    ]
+    example = tokenize_chat(tok, messages)
+    assert example is not None
+    text = tok.decode([t for t in example.labels if t != IGNORE_INDEX])
+    assert text == "first<|im_end|>\nsecond<|im_end|>\n"
+
+
+def test_pack_text_cuts_full_sequences_and_keeps_long_enough_tail() -> None:
+    out = pack_text(list(range(25)), length=10, min_tokens=5, source="t")
+    assert [len(e.input_ids) for e in out] == [10, 10, 5]
+    assert pack_text(list(range(23)), length=10, min_tokens=5, source="t")[-1].input_ids[-1] == 19
+
+
+def _examples(name: str, n: int) -> list[Example]:
+    return [Example((i, i + 1), (i, i + 1), name) for i in range(n)]
+
+
+def test_mix_is_deterministic_weighted_and_walks_each_source_in_epochs() -> None:
+    a, b = _examples("a", 5), _examples("b", 50)
+    mix = DataMix([a, b], [3.0, 1.0], seed=7)
+    stream = [mix.example(i) for i in range(8000)]
+    again = DataMix([a, b], [3.0, 1.0], seed=7)
+    assert [again.example(i) for i in range(7999, -1, -1)][::-1] == stream  # order of access is irrelevant
+    share = Counter(e.source for e in stream)["a"] / len(stream)
+    assert 0.72 < share < 0.78
+    first_epoch = [e for e in stream if e.source == "a"][:5]
+    assert sorted(e.input_ids for e in first_epoch) == sorted(e.input_ids for e in a)  # without replacement
+    other_seed = DataMix([a, b], [3.0, 1.0], seed=8)
+    assert [other_seed.example(i) for i in range(50)] != stream[:50]
+
+
+def test_batches_split_the_same_global_batch_for_any_accum_world() -> None:
+    mix = DataMix([_examples("a", 40)], [1.0], seed=0)
+    single = MixBatches(mix, micro_batch_size=1, grad_accum_steps=4, pad_id=0).micro_batches(3, 0, 1, "cpu")
+    split = [MixBatches(mix, 1, 2, 0).micro_batches(3, r, 2, "cpu") for r in range(2)]
+    flat_single = sorted(int(b["input_ids"][0, 0]) for b in single)
+    flat_split = sorted(int(b["input_ids"][0, 0]) for rank in split for b in rank)
+    assert flat_single == flat_split
+
+
+def test_sources_are_read_and_filtered(synth_dir: Path, text_dir: Path) -> None:
+    tok = tiny_tokenizer()
+    cfg = DataConfig(
+        sources=[DataSource("synth", str(synth_dir)), DataSource("text", str(text_dir), 0.5)], max_tokens=512
+    )
+    mix = build_mix(cfg, tok, seed=0)
+    assert len(mix.sources[0]) == 12 and all(len(e.input_ids) == 512 for e in mix.sources[1][:-1])
+    assert all(e.n_targets > 0 for e in mix.sources[0])
+    short = DataConfig(sources=[DataSource("synth", str(synth_dir))], max_tokens=100)
+    with pytest.raises(SelfctxError, match="no sample"):
+        build_mix(short, tok, seed=0)
+
+
+def test_missing_synth_folder_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = DataConfig(sources=[DataSource("synth", str(tmp_path / "nope"))])
+    with pytest.raises(SelfctxError, match="selfctx synth"):
+        build_mix(cfg, tiny_tokenizer(), seed=0)
