@@ -31,6 +31,7 @@ from selfctx.errors import SelfctxError
 from selfctx.synth.lengths import tolerance_window
 from selfctx.synth.tokens import TokenCounter, chat_overhead
 from selfctx.synth.types import Passage, Sample, SampleDraft
+from selfctx.synth.writer import sample_row
 
 PART_SEPARATOR = "\n\n"
 _GOLD = re.compile(r"\{gold\[(\d+)\]\}")
@@ -438,9 +439,9 @@ def stream_sample(
 ) -> StreamedSample:
     """assemble_sample for huge samples: streams the sample to `out` piece by piece, never whole in memory.
 
-    fmt="jsonl" writes one JSON line in the dataset's row format (messages + metadata); fmt="text" writes only
-    the user turn. The token count is the planned one: exact by additivity of the pieces (see module doc),
-    with no re-tokenization, so assembly costs less than one tokenizer pass over the sample.
+    fmt="jsonl" writes one JSON line in the dataset's row format (writer.sample_row: messages + metadata);
+    fmt="text" writes only the user turn. The token count is the planned one, exact by additivity of the
+    pieces (see module doc), with no re-tokenization: assembly costs less than one tokenizer pass.
     """
     if fmt not in ("jsonl", "text"):
         raise ValueError(f"fmt must be 'jsonl' or 'text', not {fmt!r}")
@@ -461,7 +462,9 @@ def stream_sample(
         for part in plan.user_parts():
             write(json.dumps(part, ensure_ascii=False)[1:-1])
         write('"}, {"role": "assistant", "content": ' + json.dumps(plan.answer, ensure_ascii=False) + "}], ")
-        write(json.dumps(meta, ensure_ascii=False)[1:] + "\n")
+        row = sample_row(meta)  # the dataset's row format (extra as a JSON string), as DatasetWriter writes
+        del row["messages"]
+        write(json.dumps(row, ensure_ascii=False)[1:] + "\n")
     else:
         for part in plan.user_parts():
             write(part)
