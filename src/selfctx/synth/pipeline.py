@@ -1,0 +1,377 @@
+"""`selfctx synth`: nouns -> passage pool -> task drafts -> samples at the requested lengths -> dataset.
+
+Every stage writes atomically to the output directory and a rerun skips what is finished: pool shards have
+done-markers, each task's samples are one shard `state/<task>.samples.jsonl` followed by its done-marker
+`state/<task>.json`, and every model call goes through the persistent call cache (`cache/`), so a run killed
+midway replays its finished calls and writes the same dataset as an uninterrupted run. The dataset itself
+(`data/train-*.jsonl`, card, histogram, config, manifest) is rewritten from the task shards by the length
+helper's DatasetWriter at the end. All randomness of item i of task t derives from (seed, t, i).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfctx.errors import SelfctxError
+from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
+from selfctx.llm.base import LLM, Completion
+from selfctx.progress import progress_bar
+from selfctx.synth.corpus import PoolReport, ensure_pool
+from selfctx.synth.filters import Dropped, FilterCounts, normalized_hash
+from selfctx.synth.lengths import LengthSpec
+from selfctx.synth.scheduler import run_builders
+from selfctx.synth.seeds import derive_rng, derive_seed
+from selfctx.synth.tasks import TASKS
+from selfctx.synth.tasks.base import BuildGen, Knobs, TaskContext
+from selfctx.synth.types import Passage, SampleDraft
+
+DEFAULT_LENGTH = "16k"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything a run depends on (written to the output as config.yaml)."""
+
+    model: str = "smollm2-135m"
+    backend: str = "llamacpp"
+    base_url: str | None = None
+    tokenizer: str | None = None  # token counter: a model spec, or "regex" (tests); default: the model's
+    concurrency: int | None = None
+    tasks: tuple[str, ...] = tuple(TASKS)
+    per_task: int = 2
+    length: str | None = None
+    bucket: str | None = None
+    uniform: str | None = None
+    seed: int = 0
+    pool: str | None = None  # default: <out>/pool
+    grow_pool: bool = True
+    allow_repeat: bool = False
+    depths: tuple[float, ...] | None = None
+    executor: str = "local"
+    pool_shard_size: int = 32
+    max_attempts_per_sample: int = 4
+    gen: Knobs = field(default_factory=Knobs)
+
+    def length_spec(self) -> LengthSpec:
+        if not (self.length or self.bucket or self.uniform):
+            return LengthSpec.parse(length=DEFAULT_LENGTH)
+        return LengthSpec.parse(length=self.length, bucket=self.bucket, uniform=self.uniform)
+
+    def validate(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise SelfctxError(
+                f"unknown task(s) {', '.join(unknown) or '(none)'}: use all or some of {', '.join(TASKS)}"
+            )
+        if self.per_task < 1:
+            raise SelfctxError(f"--per-task must be at least 1 (got {self.per_task})")
+        if self.executor not in ("local", "ray"):
+            raise SelfctxError(f"unknown executor {self.executor!r}: use local or ray")
+        self.length_spec()
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "all":
+        return tuple(TASKS)
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def make_counter(cfg: SynthConfig) -> Any:
+    from selfctx.synth.tokens import RegexTokenCounter, load_token_counter
+
+    spec = cfg.tokenizer or cfg.model
+    if spec == "regex":
+        return RegexTokenCounter()
+    try:
+        return load_token_counter(spec)
+    except SelfctxError:
+        raise
+    except Exception as exc:  # a served model name that is no local spec
+        raise SelfctxError(
+            f"cannot load a tokenizer for {spec!r} ({exc}): pass --tokenizer with a local model spec "
+            "(e.g. smollm2-135m or a HF directory) so lengths are counted under the target tokenizer"
+        ) from None
+
+
+def counter_name(counter: Any) -> str:
+    return str(getattr(counter, "name", type(counter).__name__))
+
+
+def min_pool_tokens(spec: LengthSpec) -> int:
+    """Distractor tokens the longest sample needs, with headroom for the excluded nouns and headers."""
+    return int(spec.hi * 1.15) + 1024
+
+
+@dataclass
+class TaskRun:
+    """Book-keeping for one task: which item indices are launched, kept, dropped."""
+
+    name: str
+    wanted: int
+    max_items: int
+    launched: int = 0
+    in_flight: int = 0
+    drafts: dict[int, SampleDraft] = field(default_factory=dict)
+    dropped: FilterCounts = field(default_factory=FilterCounts)
+    duplicates: set[int] = field(default_factory=set)
+
+    def kept(self) -> list[int]:
+        return sorted(i for i in self.drafts if i not in self.duplicates)
+
+    def needs_more(self) -> bool:
+        return len(self.kept()) + self.in_flight < self.wanted and self.launched < self.max_items
+
+
+def draft_key(draft: SampleDraft) -> str:
+    return normalized_hash("\n".join([*(p.text for p in draft.relevant), draft.question, draft.answer]))
+
+
+def build_drafts(
+    llm: LLM,
+    tasks: Sequence[str],
+    cfg: SynthConfig,
+    pool: Sequence[Passage],
+    counter: Any,
+    *,
+    on_batch: Any = None,
+    progress: Any = None,
+) -> dict[str, TaskRun]:
+    """Run the task builders (all tasks interleaved, to keep the backend busy) until each has its drafts.
+
+    The kept drafts are the first `per_task` non-dropped, non-duplicate items in index order, so the result
+    does not depend on batching: an item's outcome depends only on (seed, task, index).
+    """
+    runs = {t: TaskRun(t, cfg.per_task, cfg.per_task * cfg.max_attempts_per_sample) for t in tasks}
+
+    def next_builder() -> tuple[tuple[str, int], BuildGen] | None:
+        for run in runs.values():
+            if run.needs_more():
+                i = run.launched
+                run.launched += 1
+                run.in_flight += 1
+                ctx = TaskContext(run.name, i, derive_seed(cfg.seed, run.name, i), pool, counter, cfg.gen)
+                return (run.name, i), TASKS[run.name](ctx)
+        return None
+
+    def on_done(key: Any, outcome: SampleDraft | Dropped) -> None:
+        name, i = key
+        run = runs[name]
+        run.in_flight -= 1
+        if isinstance(outcome, Dropped):
+            run.dropped[outcome.reason] += 1
+        else:
+            run.drafts[i] = outcome
+            if progress is not None:
+                progress.update(1)
+
+    while True:
+        run_builders(llm, next_builder, on_done, on_batch=on_batch)
+        # Duplicates are judged in index order once all launched items are in, so the choice is stable.
+        again = False
+        for run in runs.values():
+            seen: set[str] = set()
+            for i in sorted(run.drafts):
+                key = draft_key(run.drafts[i])
+                if key in seen and i not in run.duplicates:
+                    run.duplicates.add(i)
+                    run.dropped["duplicate"] += 1
+                seen.add(key)
+            again |= run.needs_more()
+        if not again:
+            return runs
+
+
+def assemble_task(
+    run: TaskRun, cfg: SynthConfig, pool: Sequence[Passage], counter: Any, model_name: str
+) -> list[dict[str, Any]]:
+    from selfctx.synth.assemble import assemble_sample
+
+    spec = cfg.length_spec()
+    rows = []
+    for i in run.kept()[: cfg.per_task]:
+        rng = derive_rng(cfg.seed, run.name, i, "assemble")
+        target = spec.sample_target(rng)
+        sample = assemble_sample(
+            run.drafts[i],
+            pool,
+            target,
+            counter,
+            rng,
+            depths=cfg.depths,
+            allow_repeat=cfg.allow_repeat,
+            model=model_name,
+            seed=derive_seed(cfg.seed, run.name, i),
+            bucket=spec.bucket_for(target),
+        )
+        row = sample.to_json()
+        row["extra"] = {**row["extra"], "item_index": i}
+        rows.append(row)
+    return rows
+
+
+class Throughput:
+    """Generated tokens of non-cached calls, for the summary's tokens/s."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.calls = 0
+        self.cached = 0
+
+    def __call__(self, completions: list[Completion]) -> None:
+        for c in completions:
+            self.calls += 1
+            if c.cached:
+                self.cached += 1
+            else:
+                self.tokens += c.completion_tokens
+
+
+def run_synth(
+    cfg: SynthConfig, out_dir: str | Path, llm: LLM | None = None, *, command: str | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the pipeline into `out_dir`; returns the run summary (also in summary.json)."""
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    spec = cfg.length_spec()
+    counter = make_counter(cfg)
+    own_llm = llm is None
+    if llm is None:
+        from selfctx.llm.factory import make_llm
+
+        llm = make_llm(
+            cfg.backend,
+            cfg.model,
+            base_url=cfg.base_url,
+            concurrency=cfg.concurrency,
+            cache_dir=out / "cache",
+        )
+    throughput = Throughput()
+    try:
+        pool_dir = Path(cfg.pool) if cfg.pool else out / "pool"
+        with progress_bar(desc="pool passages", total=None, unit="passage") as bar:
+            pool, pool_report = ensure_pool(
+                llm,
+                pool_dir,
+                seed=cfg.seed,
+                model=llm.model_id,
+                counter=counter,
+                counter_name=counter_name(counter),
+                knobs=cfg.gen,
+                min_tokens=min_pool_tokens(spec),
+                shard_size=cfg.pool_shard_size,
+                grow=cfg.grow_pool,
+                on_batch=throughput,
+                progress=bar,
+            )
+        task_summaries = _run_tasks(llm, cfg, out, pool, counter, throughput)
+        gen_seconds = time.perf_counter() - started
+        summary = _summary(cfg, out, llm, pool_report, task_summaries, throughput, started, gen_seconds)
+        _write_dataset(out, cfg, summary, command)
+    finally:
+        if own_llm:
+            llm.close()
+    return summary
+
+
+def _run_tasks(
+    llm: LLM, cfg: SynthConfig, out: Path, pool: Sequence[Passage], counter: Any, throughput: Throughput
+) -> dict[str, dict[str, Any]]:
+    state_dir = out / "state"
+    state_dir.mkdir(exist_ok=True)
+    summaries: dict[str, dict[str, Any]] = {}
+    todo = []
+    for task in cfg.tasks:
+        state = state_dir / f"{task}.json"
+        if state.is_file() and (state_dir / f"{task}.samples.jsonl").is_file():
+            summaries[task] = json.loads(state.read_text())
+        else:
+            todo.append(task)
+    if todo:
+        with progress_bar(desc="task drafts", total=cfg.per_task * len(todo), unit="draft") as bar:
+            runs = build_drafts(llm, todo, cfg, pool, counter, on_batch=throughput, progress=bar)
+        for task in todo:
+            run = runs[task]
+            rows = assemble_task(run, cfg, pool, counter, llm.model_id)
+            write_jsonl_atomic(state_dir / f"{task}.samples.jsonl", rows)
+            summaries[task] = {
+                "kept": len(rows),
+                "wanted": cfg.per_task,
+                "attempted": run.launched,
+                "dropped": run.dropped.as_dict(),
+                "buckets": _count(r["bucket"] for r in rows),
+                "token_counts": [r["token_count"] for r in rows],
+            }
+            write_json_atomic(state_dir / f"{task}.json", summaries[task])  # the done-marker, after the data
+    return summaries
+
+
+def _count(items: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def _summary(
+    cfg: SynthConfig,
+    out: Path,
+    llm: LLM,
+    pool_report: PoolReport,
+    tasks: dict[str, dict[str, Any]],
+    throughput: Throughput,
+    started: float,
+    gen_seconds: float,
+) -> dict[str, Any]:
+    dropped = FilterCounts()
+    dropped.update(pool_report.dropped)
+    for t in tasks.values():
+        dropped.update(t["dropped"])
+    wall = time.perf_counter() - started
+    summary = {
+        "model": llm.model_id,
+        "seed": cfg.seed,
+        "length": cfg.length_spec().describe(),
+        "stages": {"pool": pool_report.to_json(), "tasks": tasks},
+        "samples": sum(t["kept"] for t in tasks.values()),
+        "dropped_by_filter": dropped.as_dict(),
+        "backend": llm.stats.to_json(),
+        "calls_this_run": throughput.calls,
+        "cached_calls_this_run": throughput.cached,
+        "generated_tokens_this_run": throughput.tokens,
+        "generated_tokens_per_s": round(throughput.tokens / gen_seconds, 2) if gen_seconds > 0 else 0.0,
+        "wall_seconds": round(wall, 2),
+        "python": platform.python_version(),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _write_dataset(out: Path, cfg: SynthConfig, summary: dict[str, Any], command: str | None) -> None:
+    """Task shards (task order, then item order) -> data/train-*.jsonl, card, histogram, manifest."""
+    from selfctx.config import to_dict
+    from selfctx.synth.writer import DatasetWriter
+
+    writer = DatasetWriter(out)
+    for task in cfg.tasks:
+        with (out / "state" / f"{task}.samples.jsonl").open(encoding="utf-8") as f:
+            writer.add_many(json.loads(line) for line in f if line.strip())
+    card = {
+        "model": summary["model"],
+        "seed": summary["seed"],
+        "filters": summary["dropped_by_filter"],
+        "backend_stats": summary["backend"],
+        **{k: summary[k] for k in ("length", "samples", "generated_tokens_per_s", "wall_seconds")},
+        "pool_passages": summary["stages"]["pool"]["passages"],
+        "pool_tokens": summary["stages"]["pool"]["tokens"],
+    }
+    if command:
+        card["command"] = command
+    writer.finalize(to_dict(cfg), card)

@@ -1,0 +1,202 @@
+"""Code: a random policy alternates "invent and initialize variables", "invent a function" and "call a
+function" steps. The model writes the variables and functions (validated with ast.parse, never executed);
+call steps are written from the policy, which records the call tree. Mechanistic questions ("Which function
+produced v?", "List all variables that participated in computing v", "How is v initialized?") are answered
+from the recorded tree, never by the model; "Summarize function f" is answered by the model.
+
+Each step's code is one relevant passage (noun "python code"); distractors are ordinary pool passages. Names
+are unique across the program, so the questions stay answerable when the pieces are shuffled.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass, field
+
+from selfctx.synth.filters import Dropped, check_text
+from selfctx.synth.parsing import clean_passage, strip_code_fences
+from selfctx.synth.tasks.base import BuildGen, TaskContext, failed
+from selfctx.synth.types import SampleDraft
+
+CODE_NOUN = "python code"
+VARS_PROMPT = (
+    "Write one line of Python that creates two new variables with short descriptive names and assigns them "
+    "numbers. Do not use these names: {taken}. Write only the code."
+)
+FUNC_PROMPT = (
+    "Write a short Python function with a descriptive name that takes two numbers and returns a number "
+    "computed from them. Do not use these names: {taken}. Write only the code."
+)
+SUMMARY_PROMPT = (
+    "Python code:\n{code}\n\nIn one sentence, what does the function {name} compute? Write only the sentence."
+)
+
+
+@dataclass
+class CallTree:
+    """Which code defined each variable and which variables each call consumed."""
+
+    init_line: dict[str, str] = field(default_factory=dict)  # variable -> the line that initialized it
+    produced_by: dict[str, str] = field(default_factory=dict)  # variable -> function whose call produced it
+    inputs: dict[str, list[str]] = field(default_factory=dict)  # variable -> argument variables of that call
+    functions: dict[str, int] = field(default_factory=dict)  # function -> number of parameters
+    order: list[str] = field(default_factory=list)  # variables in definition order
+
+    def participants(self, var: str) -> list[str]:
+        """Every variable that (transitively) flowed into `var`, in definition order."""
+        seen: set[str] = set()
+        stack = list(self.inputs.get(var, []))
+        while stack:
+            v = stack.pop()
+            if v not in seen:
+                seen.add(v)
+                stack.extend(self.inputs.get(v, []))
+        return [v for v in self.order if v in seen]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "init_line": self.init_line,
+            "produced_by": self.produced_by,
+            "inputs": self.inputs,
+            "functions": self.functions,
+            "order": self.order,
+        }
+
+
+def parse_vars(code: str, taken: set[str]) -> tuple[str, list[str]] | None:
+    """(code, new names) if `code` is only assignments of constants to new plain names, else None."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    names: list[str] = []
+    for node in tree.body:
+        if not isinstance(node, ast.Assign):
+            return None
+        for target in node.targets:
+            elts = target.elts if isinstance(target, ast.Tuple) else [target]
+            if not all(isinstance(e, ast.Name) for e in elts):
+                return None
+            names.extend(e.id for e in elts if isinstance(e, ast.Name))
+        values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+        if not all(isinstance(v, ast.Constant | ast.UnaryOp) for v in values):
+            return None
+    if not names or len(set(names)) != len(names) or set(names) & taken:
+        return None
+    return code, names
+
+
+def parse_function(code: str, taken: set[str]) -> tuple[str, str, int] | None:
+    """(source, name, n_params) of the one top-level function in `code`, else None."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    if len(funcs) != 1 or len(tree.body) != 1:
+        return None
+    func = funcs[0]
+    n = len(func.args.args)
+    if func.name in taken or not 1 <= n <= 3 or func.args.vararg or func.args.kwarg:
+        return None
+    source = ast.get_source_segment(code, func) or code
+    return source, func.name, n
+
+
+def _policy(ctx: TaskContext) -> list[str]:
+    """vars, func first; then a random mix; at least one call (the mechanistic questions need one)."""
+    steps = ["vars", "func"]
+    for _ in range(ctx.rng.randint(2, 4)):
+        steps.append(ctx.rng.choice(["vars", "func", "call", "call"]))
+    if "call" not in steps:
+        steps.append("call")
+    return steps
+
+
+def build(ctx: TaskContext) -> BuildGen:
+    tree = CallTree()
+    pieces: list[str] = []
+    taken: set[str] = set()
+    calls = 0
+    for step in _policy(ctx):
+        if step == "call":
+            if not tree.functions:
+                continue
+            name = ctx.rng.choice(sorted(tree.functions))
+            n = tree.functions[name]
+            if len(tree.order) < n:
+                continue
+            args = ctx.rng.sample(tree.order, n)
+            calls += 1
+            out = f"result_{calls}"
+            while out in taken:
+                out += "_"
+            pieces.append(f"{out} = {name}({', '.join(args)})")
+            taken.add(out)
+            tree.produced_by[out], tree.inputs[out] = name, args
+            tree.order.append(out)
+            continue
+        prompt = (VARS_PROMPT if step == "vars" else FUNC_PROMPT).format(
+            taken=", ".join(sorted(taken)) or "none"
+        )
+        (reply,) = yield [ctx.request(prompt, max_tokens=96 if step == "vars" else 160)]
+        if drop := failed(reply):
+            return drop
+        code = strip_code_fences(reply.text).strip()
+        if step == "vars":
+            parsed_vars = parse_vars(code, taken)
+            if parsed_vars is None:
+                return Dropped("malformed", "variables step")
+            for var in parsed_vars[1]:
+                tree.init_line[var] = parsed_vars[0]
+                tree.order.append(var)
+            taken.update(parsed_vars[1])
+            pieces.append(parsed_vars[0])
+        else:
+            parsed_func = parse_function(code, taken)
+            if parsed_func is None:
+                return Dropped("malformed", "function step")
+            source, name, n = parsed_func
+            tree.functions[name] = n
+            taken.add(name)
+            pieces.append(source)
+    if calls == 0:
+        return Dropped("malformed", "no call could be made")
+
+    kind = ctx.rng.choice(["produced_by", "participants", "init", "summarize"])
+    results = [v for v in tree.order if v in tree.produced_by]
+    if kind == "produced_by":
+        var = ctx.rng.choice(results)
+        question, answer = f"Which function produced {var}?", tree.produced_by[var]
+    elif kind == "participants":
+        var = ctx.rng.choice(results)
+        question = f"List all variables that participated in computing {var}."
+        answer = ", ".join(tree.participants(var))
+    elif kind == "init":
+        var = ctx.rng.choice(list(tree.init_line))
+        question, answer = f"How is the variable {var} initialized?", tree.init_line[var]
+    else:
+        name = ctx.rng.choice(sorted(tree.functions))
+        source = next(p for p in pieces if p.startswith(f"def {name}("))
+        (reply,) = yield [ctx.request(SUMMARY_PROMPT.format(code=source, name=name), max_tokens=80)]
+        if drop := failed(reply):
+            return drop
+        answer = clean_passage(reply.text)
+        if reason := check_text(answer, min_words=4):
+            return Dropped(reason, "function summary")
+        question = f"Summarize the function {name}."
+    relevant = tuple(ctx.new_passage(CODE_NOUN, "code", piece, str(i)) for i, piece in enumerate(pieces))
+    return SampleDraft(
+        task="code",
+        relevant=relevant,
+        instruction="The passages are pieces of one Python program. Answer the question about the program.",
+        question=question,
+        answer=answer,
+        nouns=(),
+        extra={
+            "question_kind": kind,
+            "call_tree": json.dumps(tree.to_json()),
+            "answer_source": "model" if kind == "summarize" else "call_tree",
+        },
+    )

@@ -1,0 +1,63 @@
+"""Multi-doc QA: two passages linked by a key detail; a question that needs both."""
+
+from __future__ import annotations
+
+from selfctx.synth.filters import Dropped, check_answer, check_text, content_words
+from selfctx.synth.nouns import draw_nouns
+from selfctx.synth.parsing import clean_passage, first_line, labeled_fields
+from selfctx.synth.tasks.base import ANSWER_INSTRUCTION, BuildGen, TaskContext, failed
+from selfctx.synth.types import SampleDraft
+
+DETAIL_PROMPT = (
+    "Passage:\n{text}\n\nName one key detail from this passage (a name, a place, a number or an object). "
+    "Write only the detail, in a few words."
+)
+LINK_PROMPT = " Mention {detail}."
+QUESTION_PROMPT = (
+    "Passage 1:\n{a}\n\nPassage 2:\n{b}\n\nBoth passages mention {detail}. Write one question that needs "
+    "both passages, and its short answer. Use exactly this format:\nQuestion: <question>\nAnswer: <answer>"
+)
+
+
+def build(ctx: TaskContext) -> BuildGen:
+    (first,) = ctx.pick_passages(1)
+    (reply,) = yield [ctx.request(DETAIL_PROMPT.format(text=first.text), max_tokens=24)]
+    if drop := failed(reply):
+        return drop
+    detail = first_line(reply.text).strip(" .\"'*").removeprefix("Detail:").strip()
+    if not detail or len(detail.split()) > 8:
+        return Dropped("malformed", "detail")
+    if not set(content_words(detail)) & set(content_words(first.text)):
+        return Dropped("ungrounded", "detail")
+    (noun,) = draw_nouns(ctx.rng, 1, exclude=frozenset({first.noun}))
+    genre = ctx.genre()
+    prompt = ctx.passage_prompt(noun, genre, LINK_PROMPT.format(detail=detail))
+    (second,) = yield [ctx.request(prompt, max_tokens=ctx.knobs.passage_max_tokens)]
+    if drop := failed(second):
+        return drop
+    text_b = clean_passage(second.text)
+    if reason := check_text(text_b, min_words=ctx.knobs.min_passage_words):
+        return Dropped(reason, "passage 2")
+    if not set(content_words(detail)) & set(content_words(text_b)):
+        return Dropped("ungrounded", "passage 2 lacks the shared detail")
+    (third,) = yield [ctx.request(QUESTION_PROMPT.format(a=first.text, b=text_b, detail=detail))]
+    if drop := failed(third):
+        return drop
+    fields = labeled_fields(third.text, ("Question", "Answer"))
+    if fields is None:
+        return Dropped("malformed", "no Question/Answer")
+    if reason := check_text(fields["question"], min_words=3):
+        return Dropped(reason, "question")
+    both = first.text + "\n" + text_b
+    if reason := check_answer(fields["answer"], both, min_grounding=ctx.knobs.min_grounding):
+        return Dropped(reason, "answer")
+    second_passage = ctx.new_passage(noun, genre.name, text_b, "b")
+    return SampleDraft(
+        task="multiqa",
+        relevant=(first, second_passage),
+        instruction=ANSWER_INSTRUCTION,
+        question=fields["question"],
+        answer=fields["answer"],
+        nouns=(first.noun, noun),
+        extra={"shared_detail": detail},
+    )
