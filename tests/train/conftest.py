@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-WORDS = "apple river stone cloud maple harbor lantern violet copper meadow falcon ember quartz willow".split()
+WORDS = ["apple", "river", "stone", "cloud", "maple", "harbor", "lantern", "violet", "copper", "meadow"]
 
 
 def write_synth_dir(root: Path, n: int = 12, seed: int = 0) -> Path:

@@ -9,6 +9,7 @@ Rerunning the same command resumes from the latest checkpoint in loop.output_dir
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -18,11 +19,16 @@ METHODS = ("finetune",)
 
 
 def command(
-    method: str = typer.Option("finetune", "--method", help=f"training method: {', '.join(METHODS)}"),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (configs/train-*.yaml)"),
-    overrides: list[str] = typer.Option(  # noqa: B008
-        [], "--set", "-s", help="dotted override, e.g. loop.max_steps=10 (repeatable)"
-    ),
+    method: Annotated[
+        str, typer.Option("--method", help=f"training method: {', '.join(METHODS)}")
+    ] = "finetune",
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config (configs/train-*.yaml)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="dotted override, e.g. loop.max_steps=10 (repeatable)"),
+    ] = None,
 ) -> None:
     """Train a model (resumes from the latest checkpoint in the output folder)."""
     if method not in METHODS:
@@ -31,7 +37,7 @@ def command(
     from selfctx.train.config import FinetuneConfig
     from selfctx.train.finetune import run_finetune
 
-    cfg = load_config(FinetuneConfig, config, overrides)
+    cfg = load_config(FinetuneConfig, config, overrides or [])
     result = run_finetune(cfg).train
     where = Path(cfg.loop.output_dir)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""

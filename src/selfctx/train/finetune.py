@@ -121,7 +121,8 @@ def _loading_doc(cfg: FinetuneConfig, final: Path, base_folder: str, gguf_file: 
         )
     return (
         "# Loading this model without selfctx\n\n```python\n"
-        "from peft import PeftModel\nfrom transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer\n\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer\n\n"
         f'{body}tokenizer = AutoTokenizer.from_pretrained("{final}")\n```\n\n'
         f"RoPE: {to_dict(cfg.rope)}\n"
     )

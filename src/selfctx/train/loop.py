@@ -140,7 +140,8 @@ class Trainer:
         if state["samples_per_step"] != self.batches.samples_per_step(self.dist.world):
             raise SelfctxError(
                 f"{path} was written with {state['samples_per_step']} samples per step, this run has "
-                f"{self.batches.samples_per_step(self.dist.world)}: keep the batch geometry or use a new output_dir"
+                f"{self.batches.samples_per_step(self.dist.world)}: keep the batch geometry or use a new "
+                "output_dir"
             )
         if self.dist.is_main:  # drop log rows of steps the checkpoint does not contain (they will be redone)
             log = self.output_dir / LOG_FILE
