@@ -1,0 +1,205 @@
+"""The method interface every evaluation runs through, and its implementations.
+
+A method answers requests whose text is split at the end of the long context:
+
+    head = everything up to and including the context (chat template already applied where wanted)
+    tail = the rest (question, instructions, assistant header)
+
+Plain models read head + tail; a compressed model compresses `head` and reads `tail` as ordinary tokens.
+`input_limit` tells the runner how many prompt tokens the method accepts (the runner middle-truncates to
+it, as LongBench's pred.py does); `memory_bytes` is the state held when generation starts, so methods are
+compared on the same memory budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from selfctx.errors import SelfctxError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Request:
+    head: str
+    tail: str
+    max_new_tokens: int
+    add_special_tokens: bool = True  # False when the chat template already wrote the special tokens
+    stop_at_newline: bool = False  # LongBench samsum: "\n" ends the answer, at least one token first
+
+
+@dataclass(frozen=True)
+class Prediction:
+    text: str
+    input_tokens: int  # tokens the method was given (before any compression)
+    memory_bytes: int  # KV state (or compressed memory + raw tokens) held when generation starts
+    info: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: str
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase: ...
+
+    def input_limit(self, max_new_tokens: int) -> int | None:
+        """The most prompt tokens this method takes for a generation budget (None: no limit of its own)."""
+        ...
+
+    def generate(self, requests: list[Request]) -> list[Prediction]: ...
+
+    def memory_bytes(self, n_tokens: int) -> int:
+        """Bytes of state this method holds for a prompt of n_tokens."""
+        ...
+
+
+def kv_bytes_per_token(model: PreTrainedModel) -> int:
+    """Keys + values over all layers for one token, in the model's dtype."""
+    config = model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = next(model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * element
+
+
+def native_context(model: PreTrainedModel) -> int:
+    return int(model.config.max_position_embeddings)
+
+
+class HFMethod:
+    """A transformers causal LM with greedy decoding. `limit="native"` truncates prompts to the native
+    window minus the generation budget and the chat template's own tokens ("truncate"); `limit=None`
+    leaves truncation to the runner's configured maximum ("full attention")."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        limit: str | int | None = None,
+        batch_size: int = 1,
+    ) -> None:
+        self.model = model
+        self._tokenizer = tokenizer
+        self.name = name
+        self.limit = limit
+        self.batch_size = max(1, batch_size)
+        self._per_token = kv_bytes_per_token(model)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    def _template_overhead(self) -> int:
+        if not getattr(self._tokenizer, "chat_template", None):
+            return 0
+        rendered = self._tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
+                                                       add_generation_prompt=True)
+        return len(self._tokenizer(str(rendered), add_special_tokens=False)["input_ids"])
+
+    def input_limit(self, max_new_tokens: int) -> int | None:
+        if self.limit is None:
+            return None
+        window = native_context(self.model) if self.limit == "native" else int(self.limit)
+        room = window - max_new_tokens - self._template_overhead()
+        if room < 16:
+            raise SelfctxError(f"{self.name}: a window of {window} leaves no room for a prompt and "
+                               f"{max_new_tokens} new tokens: use a larger window or fewer new tokens")
+        return room
+
+    def memory_bytes(self, n_tokens: int) -> int:
+        return n_tokens * self._per_token
+
+    def generate(self, requests: list[Request]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(requests), self.batch_size):
+            out.extend(self._generate_batch(requests[start:start + self.batch_size]))
+        return out
+
+    def _stop_ids(self, stop_at_newline: bool) -> list[int]:
+        ids: list[int] = []
+        for source in (self._tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.append(source)
+            elif isinstance(source, list):
+                ids.extend(int(i) for i in source)
+        if stop_at_newline:
+            ids.append(self._tokenizer.encode("\n", add_special_tokens=False)[-1])
+        return sorted(set(ids))
+
+    def _generate_batch(self, batch: list[Request]) -> list[Prediction]:
+        import torch
+
+        if len({(r.max_new_tokens, r.add_special_tokens, r.stop_at_newline) for r in batch}) != 1:
+            return [p for r in batch for p in self._generate_batch([r])]
+        first = batch[0]
+        encoded = self._tokenizer([r.head + r.tail for r in batch], add_special_tokens=first.add_special_tokens,
+                                  padding=True, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        input_ids = encoded["input_ids"].to(device)
+        attention_mask = encoded["attention_mask"].to(device)
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=first.max_new_tokens,
+                do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                min_new_tokens=1 if first.stop_at_newline else None,
+                eos_token_id=self._stop_ids(first.stop_at_newline),
+                pad_token_id=self._tokenizer.pad_token_id,
+            )
+        width = input_ids.shape[1]
+        predictions = []
+        for row, mask in zip(output, attention_mask, strict=True):
+            n_input = int(mask.sum())
+            text = self._tokenizer.decode(row[width:], skip_special_tokens=True)
+            predictions.append(Prediction(text=text, input_tokens=n_input, memory_bytes=self.memory_bytes(n_input)))
+        return predictions
+
+
+class CompressedMethod:
+    """A selfctx.compress.CompressedLM: the head is compressed (the router picks the expert unless `ratio`
+    forces one), the tail is read as ordinary tokens. Memory = compressed memory + raw tail/prompt KV."""
+
+    def __init__(self, compressed: Any, *, name: str = "compressed", ratio: int | None = None) -> None:
+        self.compressed = compressed
+        self.name = name
+        self.ratio = ratio
+        self._per_token = kv_bytes_per_token(compressed.model)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.compressed._require_tokenizer()  # type: ignore[no-any-return]
+
+    def input_limit(self, max_new_tokens: int) -> int | None:
+        return None
+
+    def memory_bytes(self, n_tokens: int) -> int:
+        """An estimate before compressing: n_tokens / ratio memory entries (the router's choice is only
+        known per context; `generate` reports the measured figure)."""
+        ratio = self.ratio or 1
+        return (n_tokens // ratio) * self._per_token
+
+    def generate(self, requests: list[Request]) -> list[Prediction]:
+        out = []
+        for request in requests:
+            budget = len(self.tokenizer(request.tail, add_special_tokens=False)["input_ids"]) + 16
+            memory = self.compressed.compress(request.head, ratio=self.ratio, budget=budget + request.max_new_tokens,
+                                              chat=False)
+            result = self.compressed.generate(prompt=request.tail, memory=memory,
+                                              max_new_tokens=request.max_new_tokens, chat=False)
+            text = result.texts[0]
+            if request.stop_at_newline:  # emulate "\n" as a stop token (the scorer keeps the first line anyway)
+                text = text.split("\n", 1)[0] if text.strip("\n") else text
+            raw_tokens = int(memory.tail_ids.numel()) + result.prompt_tokens[0]
+            out.append(Prediction(
+                text=text, input_tokens=result.context_tokens + result.prompt_tokens[0],
+                memory_bytes=result.memory_bytes + raw_tokens * self._per_token,
+                info={"expert": result.expert, "ratio": result.ratio, "achieved_ratio": result.achieved_ratio,
+                      "memory_entries": result.memory_entries},
+            ))
+        return out
