@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("bench", "bench"),
     ("eval", "eval"),
     ("train", "train"),
+    ("serve", "serve"),
 ]
 
 for verb, module_name in COMMANDS:
