@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_longbench
+from eval_files import write_longbench
 
 from selfctx.errors import SelfctxError
 from selfctx.eval import longbench as lb

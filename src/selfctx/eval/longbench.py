@@ -117,28 +117,43 @@ class BuiltPrompt:
     truncated: bool
 
 
-def build_request(dataset: str, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, limit: int) -> BuiltPrompt:
-    """Format, middle-truncate, apply the chat template, and split at the end of the context."""
-    template = prompt_template(dataset)
-    fields = {"context": row["context"], "input": row["input"]}
-    prompt = template.format(**fields)
-    after_context = template.split("{context}", 1)[1].format(**fields)
-    text, n_tokens = middle_truncate(tokenizer, prompt, limit)
-    truncated = text != prompt
-    cut = len(text) - len(after_context) if text.endswith(after_context) else len(text)
-    new_tokens = max_new_tokens(dataset)
-    if uses_chat_template(dataset) and getattr(tokenizer, "chat_template", None):
+def split_request(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    after_context: str,
+    limit: int,
+    *,
+    chat: bool,
+    max_new_tokens: int,
+    stop_at_newline: bool = False,
+) -> BuiltPrompt:
+    """Middle-truncate `text` to `limit` tokens, apply the chat template if `chat`, and split the result at
+    the end of the context (`after_context` is the text that follows it: question and instructions)."""
+    truncated_text, n_tokens = middle_truncate(tokenizer, text, limit)
+    cut = len(truncated_text) - len(after_context) if truncated_text.endswith(after_context) else len(truncated_text)
+    if chat and getattr(tokenizer, "chat_template", None):
         rendered = str(tokenizer.apply_chat_template(
-            [{"role": "user", "content": text[:cut] + _SPLIT + text[cut:]}], tokenize=False,
+            [{"role": "user", "content": truncated_text[:cut] + _SPLIT + truncated_text[cut:]}], tokenize=False,
             add_generation_prompt=True,
         ))
         head, tail = rendered.split(_SPLIT)
-        request = Request(head=head, tail=tail, max_new_tokens=new_tokens, add_special_tokens=False,
-                          stop_at_newline=dataset == "samsum")
+        request = Request(head=head, tail=tail, max_new_tokens=max_new_tokens, add_special_tokens=False,
+                          stop_at_newline=stop_at_newline)
     else:
-        request = Request(head=text[:cut], tail=text[cut:], max_new_tokens=new_tokens,
-                          stop_at_newline=dataset == "samsum")
-    return BuiltPrompt(request=request, prompt_tokens=n_tokens, truncated=truncated)
+        request = Request(head=truncated_text[:cut], tail=truncated_text[cut:], max_new_tokens=max_new_tokens,
+                          stop_at_newline=stop_at_newline)
+    return BuiltPrompt(request=request, prompt_tokens=n_tokens, truncated=truncated_text != text)
+
+
+def build_request(dataset: str, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, limit: int) -> BuiltPrompt:
+    """Format with the official template, then split_request with the dataset's official settings."""
+    template = prompt_template(dataset)
+    fields = {"context": row["context"], "input": row["input"]}
+    return split_request(
+        tokenizer, template.format(**fields), template.split("{context}", 1)[1].format(**fields), limit,
+        chat=uses_chat_template(dataset), max_new_tokens=max_new_tokens(dataset),
+        stop_at_newline=dataset == "samsum",
+    )
 
 
 # ----------------------------------------------------------------------------- runner
