@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny byte-level model/tokenizer (fast) and the embedded SmolLM2 (slow, loaded once)."""
+"""Shared fixtures: the tiny byte-level model and tokenizer (fast) and the embedded SmolLM2 (slow)."""
 
 from __future__ import annotations
 

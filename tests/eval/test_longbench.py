@@ -17,12 +17,21 @@ def test_official_config_covers_the_16_english_datasets() -> None:
     from selfctx.eval.scoring import ENGLISH_DATASETS
 
     config = lb.official_config()
-    assert set(ENGLISH_DATASETS) <= set(config["prompt"]) and set(ENGLISH_DATASETS) <= set(config["max_new_tokens"])
+    assert set(ENGLISH_DATASETS) <= set(config["prompt"]) and set(ENGLISH_DATASETS) <= set(
+        config["max_new_tokens"]
+    )
     assert lb.max_new_tokens("gov_report") == 512 and lb.max_new_tokens("hotpotqa") == 32
     assert lb.max_new_tokens("samsum") == 128 and lb.max_new_tokens("lcc") == 64
     assert [d for d in ENGLISH_DATASETS if not lb.uses_chat_template(d)] == [
-        "trec", "triviaqa", "samsum", "lcc", "repobench-p"]
-    assert lb.prompt_template("lcc") == "Please complete the code given below. \n{context}Next line of code:\n"
+        "trec",
+        "triviaqa",
+        "samsum",
+        "lcc",
+        "repobench-p",
+    ]
+    assert (
+        lb.prompt_template("lcc") == "Please complete the code given below. \n{context}Next line of code:\n"
+    )
 
 
 def test_middle_truncate_keeps_both_ends(tiny_lm) -> None:
@@ -43,9 +52,13 @@ def test_build_request_splits_at_the_end_of_the_context(tiny_lm) -> None:
     assert request.tail.endswith("Question: Where is Paris?\nAnswer:<|im_end|>\n<|im_start|>assistant\n")
     assert request.max_new_tokens == 32 and not request.add_special_tokens and not built.truncated
 
-    trec = lb.build_request("trec", {"context": "Q: Who? Type: Human", "input": "What city?"}, tokenizer, 10_000)
-    assert trec.request.head == ("Please determine the type of the question below. Here are some examples of "
-                                 "questions.\n\nQ: Who? Type: Human")
+    trec = lb.build_request(
+        "trec", {"context": "Q: Who? Type: Human", "input": "What city?"}, tokenizer, 10_000
+    )
+    assert trec.request.head == (
+        "Please determine the type of the question below. Here are some examples of "
+        "questions.\n\nQ: Who? Type: Human"
+    )
     assert trec.request.tail == "\nWhat city?"  # no chat template for trec
     assert lb.build_request("samsum", {"context": "x", "input": "y"}, tokenizer, 100).request.stop_at_newline
 
@@ -87,10 +100,14 @@ class EchoFirstAnswer:
 def test_runner_predicts_scores_and_resumes(tmp_path: Path, tiny_lm) -> None:
     _, tokenizer = tiny_lm
     data = tmp_path / "data"
-    write_longbench(data, "hotpotqa", [
-        {"context": "Paris is in France. " * 30, "input": "Capital of France?", "answers": ["Paris"]},
-        {"context": "Rome.", "input": "Capital of Italy?", "answers": ["Rome"]},
-    ])
+    write_longbench(
+        data,
+        "hotpotqa",
+        [
+            {"context": "Paris is in France. " * 30, "input": "Capital of France?", "answers": ["Paris"]},
+            {"context": "Rome.", "input": "Capital of Italy?", "answers": ["Rome"]},
+        ],
+    )
     write_longbench(data, "triviaqa", [{"context": "x", "input": "y", "answers": ["Paris"]}])
     method = EchoFirstAnswer(tokenizer)
     out = tmp_path / "pred"
@@ -117,9 +134,16 @@ def test_runner_predicts_scores_and_resumes(tmp_path: Path, tiny_lm) -> None:
 def test_hf_method_generates_with_the_tiny_model(tmp_path: Path, tiny_lm) -> None:
     model, tokenizer = tiny_lm
     method = HFMethod(model, tokenizer, name="truncate", limit="native")
-    overhead = len(tokenizer(str(tokenizer.apply_chat_template([{"role": "user", "content": ""}],
-                                                                 tokenize=False, add_generation_prompt=True)),
-                             add_special_tokens=False)["input_ids"])
+    overhead = len(
+        tokenizer(
+            str(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=True
+                )
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+    )
     assert method.input_limit(32) == 1024 - 32 - overhead
     assert HFMethod(model, tokenizer, name="full").input_limit(32) is None
     # 2 layers x 2 KV heads x 16 dims x 2 (K and V) x 4 bytes

@@ -91,6 +91,20 @@ def test_score_row_takes_the_max_over_answers() -> None:
     assert m.score_row("hotpotqa", "New York", ["York", "New York City", "new york"], None) == 1.0
     assert m.score_row("passage_count", "5", ["4"], None) == 0.0
     assert set(m.DATASET_METRIC) == {
-        "narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum",
-        "multi_news", "trec", "triviaqa", "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p",
+        "narrativeqa",
+        "qasper",
+        "multifieldqa_en",
+        "hotpotqa",
+        "2wikimqa",
+        "musique",
+        "gov_report",
+        "qmsum",
+        "multi_news",
+        "trec",
+        "triviaqa",
+        "samsum",
+        "passage_count",
+        "passage_retrieval_en",
+        "lcc",
+        "repobench-p",
     }

@@ -1,4 +1,4 @@
-"""Needle grid: haystack loading, sentence-boundary placement by tokens, variants, scoring, resume, heatmap."""
+"""Needle grid: haystack loading, sentence-boundary placement, variants, scoring, resume, heatmap."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def test_load_haystack_from_txt_and_pool(tmp_path: Path) -> None:
     assert nd.load_haystack(tmp_path / "essays") == "First essay.\n\nSecond essay."
     pool = tmp_path / "pool" / "passages"
     pool.mkdir(parents=True)
-    (pool / "part-0.jsonl").write_text(json.dumps({"text": "Passage one."}) + "\n" + json.dumps({"id": 3}) + "\n")
+    (pool / "part-0.jsonl").write_text(
+        json.dumps({"text": "Passage one."}) + "\n" + json.dumps({"id": 3}) + "\n"
+    )
     assert nd.load_haystack(tmp_path / "pool") == "Passage one."
     (tmp_path / "empty").mkdir()
     with pytest.raises(SelfctxError, match="nothing to fill"):
@@ -41,9 +43,9 @@ def test_needle_lands_on_a_sentence_boundary_near_its_depth(tiny_lm, depth: floa
     # the body ends on a whole sentence: at most one sentence (~55 tokens) short of the length asked for
     assert 2000 - 60 <= len(tokenizer(context, add_special_tokens=False)["input_ids"]) <= 2000
     at = context.index(nd.CLASSIC_NEEDLE)
-    assert at == 0 or context[at - 2:at] == ". "  # right after a sentence
+    assert at == 0 or context[at - 2 : at] == ". "  # right after a sentence
     end = at + len(nd.CLASSIC_NEEDLE)
-    assert end == len(context) or context[end:end + 9] == " Sentence"  # right before the next one
+    assert end == len(context) or context[end : end + 9] == " Sentence"  # right before the next one
     # sentences are ~55 tokens, so the nearest boundary is within half a sentence of the target
     assert abs(placed.placed_depths[0] - depth) <= 30 / placed.body_tokens
     assert abs(at / placed.body_tokens - depth) <= 30 / placed.body_tokens
@@ -59,7 +61,9 @@ def test_variants_expect_the_right_strings() -> None:
     multi_value = nd.make_task("multi-value", 0.2, rng, n_values=3)
     assert len(set(multi_value.expected)) == 3
     multi_query = nd.make_task("multi-query", 0.2, rng, n_keys=4, n_queries=2)
-    assert len(multi_query.expected) == 2 and all(e in " ".join(multi_query.needles) for e in multi_query.expected)
+    assert len(multi_query.expected) == 2 and all(
+        e in " ".join(multi_query.needles) for e in multi_query.expected
+    )
     chain = nd.make_task("variable-tracking", 0.0, rng, chain=3)
     value = chain.question.split()[-1].rstrip(".")
     assert chain.needles[0] == f"VAR {chain.expected[0]} = {value}."
@@ -97,8 +101,12 @@ class ReadsHead:
 
     def generate(self, requests: list[Request]) -> list[Prediction]:
         self.calls += len(requests)
-        return [Prediction(text=" ".join(re.findall(r"is: (\d{7})", r.head)), input_tokens=1, memory_bytes=len(r.head))
-                for r in requests]
+        return [
+            Prediction(
+                text=" ".join(re.findall(r"is: (\d{7})", r.head)), input_tokens=1, memory_bytes=len(r.head)
+            )
+            for r in requests
+        ]
 
 
 def test_grid_runs_resumes_and_shows_truncation(tmp_path: Path, tiny_lm) -> None:

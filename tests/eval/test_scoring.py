@@ -18,14 +18,22 @@ def _write(folder: Path, name: str, rows: list[dict]) -> None:
 
 
 def test_score_pred_dir_matches_hand_worked(tmp_path: Path) -> None:
-    _write(tmp_path, "hotpotqa", [
-        {"pred": "Paris", "answers": ["Paris"], "all_classes": None, "length": 100},  # 1
-        {"pred": "Paris, France", "answers": ["Paris"], "all_classes": None, "length": 5000},  # 2/3
-        {"pred": "Rome", "answers": ["Paris"], "all_classes": None, "length": 9000},  # 0
-    ])
-    _write(tmp_path, "passage_count", [
-        {"pred": "3 or 4", "answers": ["3"], "all_classes": None, "length": 200},  # 0.5
-    ])
+    _write(
+        tmp_path,
+        "hotpotqa",
+        [
+            {"pred": "Paris", "answers": ["Paris"], "all_classes": None, "length": 100},  # 1
+            {"pred": "Paris, France", "answers": ["Paris"], "all_classes": None, "length": 5000},  # 2/3
+            {"pred": "Rome", "answers": ["Paris"], "all_classes": None, "length": 9000},  # 0
+        ],
+    )
+    _write(
+        tmp_path,
+        "passage_count",
+        [
+            {"pred": "3 or 4", "answers": ["3"], "all_classes": None, "length": 200},  # 0.5
+        ],
+    )
     (tmp_path / "notes.txt").write_text("ignored")
     out = score_pred_dir(tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())

@@ -1,7 +1,191 @@
-"""`selfctx eval`: placeholder until its owner writes it."""
+"""`selfctx eval ...`: LongBench runs and scoring, needle grids, and the method-comparison report."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="(not written yet)")
+from selfctx.errors import SelfctxError
+
+app = typer.Typer(
+    help="Evaluate: LongBench v1 (official prompts and metrics), needle grids, method reports.",
+    no_args_is_help=True,
+)
+
+METHOD_HELP = "truncate (native window), full (full attention up to --max-length), compressed (CompressedLM)"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _load_methods(
+    model: str,
+    methods: list[str],
+    *,
+    experts: str | None,
+    window: int,
+    ratio: int | None,
+    dtype: str,
+    device: str | None,
+    batch_size: int,
+):  # type: ignore[no-untyped-def]
+    from selfctx.eval.methods import METHOD_KINDS, build_method
+    from selfctx.models import load_causal_lm
+
+    unknown = [m for m in methods if m not in METHOD_KINDS]
+    if unknown:
+        raise SelfctxError(f"unknown method(s) {', '.join(unknown)}: pick from {', '.join(METHOD_KINDS)}")
+    lm, tokenizer = load_causal_lm(model, dtype=dtype, device=device)
+    return [
+        build_method(m, lm, tokenizer, experts=experts, window=window, ratio=ratio, batch_size=batch_size)
+        for m in methods
+    ]
+
+
+def _write_run(folder: Path, method, extra: dict) -> None:  # type: ignore[no-untyped-def]
+    from selfctx.eval.methods import describe
+    from selfctx.fsutil import write_json_atomic
+
+    write_json_atomic(folder / "run.json", {**describe(method), **extra})
+
+
+@app.command("longbench")
+def longbench(
+    out: Annotated[Path, typer.Option(help="output folder; one subfolder per method")],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="folder of LongBench <dataset>.jsonl files (else: hub)")
+    ] = None,
+    datasets: Annotated[
+        str, typer.Option(help="comma-separated datasets (default: the 16 English ones)")
+    ] = "",
+    model: Annotated[
+        str, typer.Option(help="smollm2-135m, a .gguf file, an HF folder or hub id")
+    ] = "smollm2-135m",
+    method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
+    limit: Annotated[int | None, typer.Option(help="first N rows of each dataset")] = None,
+    max_length: Annotated[int, typer.Option(help="middle-truncate prompts to this many tokens")] = 15_500,
+    experts: Annotated[str | None, typer.Option(help="expert folder for --method compressed")] = None,
+    window: Annotated[int, typer.Option(help="compression window (tokens)")] = 1024,
+    ratio: Annotated[
+        int | None, typer.Option(help="force one compression ratio (default: the router)")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16")] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 1,
+) -> None:
+    """Predict LongBench with each method (resumable), score it like the official eval.py, print the table."""
+    from selfctx.eval.longbench import run_longbench
+    from selfctx.eval.scoring import ENGLISH_DATASETS
+
+    names = _csv(datasets) or list(ENGLISH_DATASETS)
+    for m in _load_methods(
+        model,
+        _csv(method),
+        experts=experts,
+        window=window,
+        ratio=ratio,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+    ):
+        folder = out / m.name
+        report = run_longbench(
+            m, names, folder, data_dir=data_dir, limit=limit, max_length=max_length, batch_size=batch_size
+        )
+        _write_run(
+            folder, m, {"benchmark": "longbench", "datasets": names, "limit": limit, "max_length": max_length}
+        )
+        typer.echo((folder / "results.md").read_text())
+        typer.echo(json.dumps(report["summary"]))
+
+
+@app.command("score")
+def score(
+    pred_dir: Annotated[Path, typer.Option(help="folder of <dataset>.jsonl prediction files")],
+    e: Annotated[
+        bool, typer.Option("--e", help="LongBench-E: scores by length bucket 0-4k, 4-8k, 8k+")
+    ] = False,
+) -> None:
+    """Score LongBench prediction files; writes result.json (official layout) and summary.json."""
+    from selfctx.eval.scoring import score_pred_dir
+
+    scored = score_pred_dir(pred_dir, e=e)
+    typer.echo(json.dumps(scored, indent=2))
+
+
+@app.command("needle")
+def needle(
+    haystack: Annotated[
+        Path, typer.Option(help="folder of .txt files, or a synth pool (jsonl rows with text)")
+    ],
+    out: Annotated[Path, typer.Option(help="output folder; one subfolder per method")],
+    lengths: Annotated[
+        str, typer.Option(help="comma-separated context lengths in tokens")
+    ] = "1000,2000,4000",
+    depths: Annotated[str, typer.Option(help="comma-separated depths, 0..1")] = "0,0.25,0.5,0.75,1",
+    variant: Annotated[
+        str, typer.Option(help="classic, single, multi-key, multi-value, multi-query, variable-tracking")
+    ] = "classic",
+    samples: Annotated[int, typer.Option(help="samples per cell (different keys/values)")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="answer budget")] = 32,
+    seed: Annotated[int, typer.Option()] = 0,
+    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
+    experts: Annotated[str | None, typer.Option()] = None,
+    window: Annotated[int, typer.Option()] = 1024,
+    ratio: Annotated[int | None, typer.Option()] = None,
+    dtype: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Needle-in-a-haystack grid (lengths x depths): results.json and heatmap.png per method."""
+    from selfctx.eval.needle import NeedleGrid, load_haystack, run_needle
+
+    try:
+        grid = NeedleGrid(
+            lengths=tuple(int(v) for v in _csv(lengths)),
+            depths=tuple(float(v) for v in _csv(depths)),
+            variant=variant,
+            samples=samples,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+        )
+    except ValueError as exc:
+        raise SelfctxError(f"bad --lengths or --depths ({exc}): give comma-separated numbers") from None
+    text = load_haystack(haystack)
+    for m in _load_methods(
+        model,
+        _csv(method),
+        experts=experts,
+        window=window,
+        ratio=ratio,
+        dtype=dtype,
+        device=device,
+        batch_size=1,
+    ):
+        folder = out / m.name
+        summary = run_needle(m, text, grid, folder)
+        _write_run(folder, m, {"benchmark": "needle", "haystack": str(haystack)})
+        typer.echo(
+            json.dumps({k: summary[k] for k in ("method", "variant", "mean_score", "score_by_length_depth")})
+        )
+
+
+@app.command("report")
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="run folders written by `selfctx eval longbench/needle`")
+    ],
+    out: Annotated[Path, typer.Option(help="report folder")],
+) -> None:
+    """Compare methods: report.md, report.json, score-vs-length and score-vs-ratio plots."""
+    from selfctx.eval.report import build_report
+
+    built = build_report(runs, out)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"wrote {', '.join(built['files'])}")

@@ -63,7 +63,9 @@ def uses_chat_template(dataset: str) -> bool:
 def check_datasets(names: Sequence[str]) -> list[str]:
     unknown = [n for n in names if n not in ENGLISH_DATASETS]
     if unknown:
-        raise SelfctxError(f"unknown LongBench dataset(s) {', '.join(unknown)}: pick from {', '.join(ENGLISH_DATASETS)}")
+        raise SelfctxError(
+            f"unknown LongBench dataset(s) {', '.join(unknown)}: pick from {', '.join(ENGLISH_DATASETS)}"
+        )
     return list(names)
 
 
@@ -74,15 +76,19 @@ def load_rows(dataset: str, *, data_dir: str | Path | None, limit: int | None = 
     if data_dir is not None:
         path = Path(data_dir) / f"{dataset}.jsonl"
         if not path.is_file():
-            raise SelfctxError(f"{path} does not exist: put LongBench's {dataset}.jsonl there (from its data.zip)")
+            raise SelfctxError(
+                f"{path} does not exist: put LongBench's {dataset}.jsonl there (from its data.zip)"
+            )
         rows = read_jsonl(path)
     else:
         rows = _load_from_hub(dataset)
     for number, row in enumerate(rows, 1):
         missing = [k for k in REQUIRED_FIELDS if k not in row]
         if missing:
-            raise SelfctxError(f"{dataset} row {number} lacks {', '.join(missing)}: LongBench rows need "
-                               "input, context, answers (and all_classes, length, _id)")
+            raise SelfctxError(
+                f"{dataset} row {number} lacks {', '.join(missing)}: LongBench rows need "
+                "input, context, answers (and all_classes, length, _id)"
+            )
     return rows[:limit] if limit is not None else rows
 
 
@@ -101,13 +107,18 @@ def _load_from_hub(dataset: str) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- prompts
 def middle_truncate(tokenizer: PreTrainedTokenizerBase, text: str, limit: int) -> tuple[str, int]:
     """(text, its token count): unchanged when it fits, else the first and last limit//2 tokens."""
+    text, kept, _ = _middle_truncate(tokenizer, text, limit)
+    return text, kept
+
+
+def _middle_truncate(tokenizer: PreTrainedTokenizerBase, text: str, limit: int) -> tuple[str, int, int]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= limit:
-        return text, len(ids)
+        return text, len(ids), len(ids)
     half = limit // 2
     head = tokenizer.decode(ids[:half], skip_special_tokens=True)
     tail = tokenizer.decode(ids[-half:], skip_special_tokens=True)
-    return head + tail, 2 * half
+    return head + tail, 2 * half, len(ids)
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,7 @@ class BuiltPrompt:
     request: Request
     prompt_tokens: int  # after truncation, before the chat template
     truncated: bool
+    original_tokens: int = 0  # before truncation
 
 
 def split_request(
@@ -129,29 +141,53 @@ def split_request(
 ) -> BuiltPrompt:
     """Middle-truncate `text` to `limit` tokens, apply the chat template if `chat`, and split the result at
     the end of the context (`after_context` is the text that follows it: question and instructions)."""
-    truncated_text, n_tokens = middle_truncate(tokenizer, text, limit)
-    cut = len(truncated_text) - len(after_context) if truncated_text.endswith(after_context) else len(truncated_text)
+    truncated_text, n_tokens, original = _middle_truncate(tokenizer, text, limit)
+    cut = (
+        len(truncated_text) - len(after_context)
+        if truncated_text.endswith(after_context)
+        else len(truncated_text)
+    )
     if chat and getattr(tokenizer, "chat_template", None):
-        rendered = str(tokenizer.apply_chat_template(
-            [{"role": "user", "content": truncated_text[:cut] + _SPLIT + truncated_text[cut:]}], tokenize=False,
-            add_generation_prompt=True,
-        ))
+        rendered = str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": truncated_text[:cut] + _SPLIT + truncated_text[cut:]}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        )
         head, tail = rendered.split(_SPLIT)
-        request = Request(head=head, tail=tail, max_new_tokens=max_new_tokens, add_special_tokens=False,
-                          stop_at_newline=stop_at_newline)
+        request = Request(
+            head=head,
+            tail=tail,
+            max_new_tokens=max_new_tokens,
+            add_special_tokens=False,
+            stop_at_newline=stop_at_newline,
+        )
     else:
-        request = Request(head=truncated_text[:cut], tail=truncated_text[cut:], max_new_tokens=max_new_tokens,
-                          stop_at_newline=stop_at_newline)
-    return BuiltPrompt(request=request, prompt_tokens=n_tokens, truncated=truncated_text != text)
+        request = Request(
+            head=truncated_text[:cut],
+            tail=truncated_text[cut:],
+            max_new_tokens=max_new_tokens,
+            stop_at_newline=stop_at_newline,
+        )
+    return BuiltPrompt(
+        request=request, prompt_tokens=n_tokens, truncated=truncated_text != text, original_tokens=original
+    )
 
 
-def build_request(dataset: str, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, limit: int) -> BuiltPrompt:
+def build_request(
+    dataset: str, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, limit: int
+) -> BuiltPrompt:
     """Format with the official template, then split_request with the dataset's official settings."""
     template = prompt_template(dataset)
     fields = {"context": row["context"], "input": row["input"]}
     return split_request(
-        tokenizer, template.format(**fields), template.split("{context}", 1)[1].format(**fields), limit,
-        chat=uses_chat_template(dataset), max_new_tokens=max_new_tokens(dataset),
+        tokenizer,
+        template.format(**fields),
+        template.split("{context}", 1)[1].format(**fields),
+        limit,
+        chat=uses_chat_template(dataset),
+        max_new_tokens=max_new_tokens(dataset),
         stop_at_newline=dataset == "samsum",
     )
 
@@ -174,7 +210,9 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
             good.append(json.loads(line))
         except json.JSONDecodeError:
             if number != len(lines):
-                raise SelfctxError(f"{path}:{number} is not valid JSON: delete that line or the file") from None
+                raise SelfctxError(
+                    f"{path}:{number} is not valid JSON: delete that line or the file"
+                ) from None
     if sum(1 for line in lines if line.strip()) != len(good):
         write_jsonl_atomic(path, good)
     return {str(r["_id"]): r for r in good if "_id" in r}
@@ -206,14 +244,21 @@ def predict_dataset(
     bar = progress_bar(desc=f"{method.name} {dataset}", total=len(rows), unit="row")
     bar.update(len(rows) - len(todo))
     for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+        chunk = todo[start : start + batch_size]
         built = [build_request(dataset, row, method.tokenizer, limit) for _, row in chunk]
         predictions: list[Prediction] = method.generate([b.request for b in built])
         for (index, row), b, p in zip(chunk, built, predictions, strict=True):
             record = {
-                "pred": p.text, "answers": row["answers"], "all_classes": row.get("all_classes"),
-                "length": row.get("length", 0), "_id": _row_id(row, index), "input_tokens": p.input_tokens,
-                "prompt_tokens": b.prompt_tokens, "truncated": b.truncated, "memory_bytes": p.memory_bytes,
+                "pred": p.text,
+                "answers": row["answers"],
+                "all_classes": row.get("all_classes"),
+                "length": row.get("length", 0),
+                "_id": _row_id(row, index),
+                "input_tokens": p.input_tokens,
+                "prompt_tokens": b.prompt_tokens,
+                "original_tokens": b.original_tokens,
+                "truncated": b.truncated,
+                "memory_bytes": p.memory_bytes,
             }
             if p.info:
                 record["info"] = p.info
@@ -228,8 +273,12 @@ def results_markdown(result: dict[str, Any], summary: dict[str, Any], *, title: 
     lines += [f"| {d} | {s if s is not None else '-'} |" for d, s in result.items()]
     lines += ["", "| category | score |", "|---|---:|"]
     lines += [f"| {c} | {s} |" for c, s in summary["categories"].items()]
-    lines += ["", f"Mean over {summary['datasets']} datasets: **{summary['mean_over_datasets']}**; "
-              f"mean of category averages: **{summary['mean_over_categories']}**.", ""]
+    lines += [
+        "",
+        f"Mean over {summary['datasets']} datasets: **{summary['mean_over_datasets']}**; "
+        f"mean of category averages: **{summary['mean_over_categories']}**.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -252,5 +301,7 @@ def run_longbench(
     scored = score_pred_dir(folder)
     result = {d: scored["result"][d] for d in names if d in scored["result"]}
     summary = aggregate(result)
-    write_text_atomic(folder / "results.md", results_markdown(result, summary, title=f"LongBench: {method.name}"))
+    write_text_atomic(
+        folder / "results.md", results_markdown(result, summary, title=f"LongBench: {method.name}")
+    )
     return {"result": result, "summary": summary}

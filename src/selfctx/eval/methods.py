@@ -99,8 +99,9 @@ class HFMethod:
     def _template_overhead(self) -> int:
         if not getattr(self._tokenizer, "chat_template", None):
             return 0
-        rendered = self._tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
-                                                       add_generation_prompt=True)
+        rendered = self._tokenizer.apply_chat_template(
+            [{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=True
+        )
         return len(self._tokenizer(str(rendered), add_special_tokens=False)["input_ids"])
 
     def input_limit(self, max_new_tokens: int) -> int | None:
@@ -109,8 +110,10 @@ class HFMethod:
         window = native_context(self.model) if self.limit == "native" else int(self.limit)
         room = window - max_new_tokens - self._template_overhead()
         if room < 16:
-            raise SelfctxError(f"{self.name}: a window of {window} leaves no room for a prompt and "
-                               f"{max_new_tokens} new tokens: use a larger window or fewer new tokens")
+            raise SelfctxError(
+                f"{self.name}: a window of {window} leaves no room for a prompt and "
+                f"{max_new_tokens} new tokens: use a larger window or fewer new tokens"
+            )
         return room
 
     def memory_bytes(self, n_tokens: int) -> int:
@@ -119,12 +122,15 @@ class HFMethod:
     def generate(self, requests: list[Request]) -> list[Prediction]:
         out: list[Prediction] = []
         for start in range(0, len(requests), self.batch_size):
-            out.extend(self._generate_batch(requests[start:start + self.batch_size]))
+            out.extend(self._generate_batch(requests[start : start + self.batch_size]))
         return out
 
     def _stop_ids(self, stop_at_newline: bool) -> list[int]:
         ids: list[int] = []
-        for source in (self._tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+        for source in (
+            self._tokenizer.eos_token_id,
+            getattr(self.model.generation_config, "eos_token_id", None),
+        ):
             if isinstance(source, int):
                 ids.append(source)
             elif isinstance(source, list):
@@ -139,15 +145,25 @@ class HFMethod:
         if len({(r.max_new_tokens, r.add_special_tokens, r.stop_at_newline) for r in batch}) != 1:
             return [p for r in batch for p in self._generate_batch([r])]
         first = batch[0]
-        encoded = self._tokenizer([r.head + r.tail for r in batch], add_special_tokens=first.add_special_tokens,
-                                  padding=True, return_tensors="pt")
+        encoded = self._tokenizer(
+            [r.head + r.tail for r in batch],
+            add_special_tokens=first.add_special_tokens,
+            padding=True,
+            return_tensors="pt",
+        )
         device = next(self.model.parameters()).device
         input_ids = encoded["input_ids"].to(device)
         attention_mask = encoded["attention_mask"].to(device)
         with torch.no_grad():
             output = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=first.max_new_tokens,
-                do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=first.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                temperature=None,
+                top_p=None,
+                top_k=None,
                 min_new_tokens=1 if first.stop_at_newline else None,
                 eos_token_id=self._stop_ids(first.stop_at_newline),
                 pad_token_id=self._tokenizer.pad_token_id,
@@ -157,7 +173,9 @@ class HFMethod:
         for row, mask in zip(output, attention_mask, strict=True):
             n_input = int(mask.sum())
             text = self._tokenizer.decode(row[width:], skip_special_tokens=True)
-            predictions.append(Prediction(text=text, input_tokens=n_input, memory_bytes=self.memory_bytes(n_input)))
+            predictions.append(
+                Prediction(text=text, input_tokens=n_input, memory_bytes=self.memory_bytes(n_input))
+            )
         return predictions
 
 
@@ -188,18 +206,77 @@ class CompressedMethod:
         out = []
         for request in requests:
             budget = len(self.tokenizer(request.tail, add_special_tokens=False)["input_ids"]) + 16
-            memory = self.compressed.compress(request.head, ratio=self.ratio, budget=budget + request.max_new_tokens,
-                                              chat=False)
-            result = self.compressed.generate(prompt=request.tail, memory=memory,
-                                              max_new_tokens=request.max_new_tokens, chat=False)
+            memory = self.compressed.compress(
+                request.head, ratio=self.ratio, budget=budget + request.max_new_tokens, chat=False
+            )
+            result = self.compressed.generate(
+                prompt=request.tail, memory=memory, max_new_tokens=request.max_new_tokens, chat=False
+            )
             text = result.texts[0]
-            if request.stop_at_newline:  # emulate "\n" as a stop token (the scorer keeps the first line anyway)
+            if (
+                request.stop_at_newline
+            ):  # emulate "\n" as a stop token (the scorer keeps the first line anyway)
                 text = text.split("\n", 1)[0] if text.strip("\n") else text
             raw_tokens = int(memory.tail_ids.numel()) + result.prompt_tokens[0]
-            out.append(Prediction(
-                text=text, input_tokens=result.context_tokens + result.prompt_tokens[0],
-                memory_bytes=result.memory_bytes + raw_tokens * self._per_token,
-                info={"expert": result.expert, "ratio": result.ratio, "achieved_ratio": result.achieved_ratio,
-                      "memory_entries": result.memory_entries},
-            ))
+            out.append(
+                Prediction(
+                    text=text,
+                    input_tokens=result.context_tokens + result.prompt_tokens[0],
+                    memory_bytes=result.memory_bytes + raw_tokens * self._per_token,
+                    info={
+                        "expert": result.expert,
+                        "ratio": result.ratio,
+                        "achieved_ratio": result.achieved_ratio,
+                        "memory_entries": result.memory_entries,
+                    },
+                )
+            )
         return out
+
+
+METHOD_KINDS = ("truncate", "full", "compressed")
+
+
+def build_method(
+    kind: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    experts: str | None = None,
+    window: int = 1024,
+    ratio: int | None = None,
+    batch_size: int = 1,
+) -> Method:
+    """One method over an already loaded model (several methods can share it).
+
+    truncate    the model's native window (prompt middle-truncated to fit with the generation budget)
+    full        full attention up to the runner's maximum (LongBench: 15,500 tokens)
+    compressed  selfctx.compress.CompressedLM: trained experts from `experts`, or untrained (zero-LoRA)
+                experts when none are given (memory tokens read through the base weights)
+    """
+    if kind == "truncate":
+        return HFMethod(
+            model, tokenizer, name=f"truncate-{native_context(model)}", limit="native", batch_size=batch_size
+        )
+    if kind == "full":
+        return HFMethod(model, tokenizer, name="full", limit=None, batch_size=batch_size)
+    if kind == "compressed":
+        from selfctx.compress import CompressedLM
+
+        compressed = CompressedLM.from_pretrained(model, experts=experts, window=window, tokenizer=tokenizer)
+        label = "experts" if experts else "compressed-untrained"
+        return CompressedMethod(
+            compressed, name=f"{label}-w{window}" + (f"-r{ratio}" if ratio else ""), ratio=ratio
+        )
+    raise SelfctxError(f"unknown method {kind!r}: pick one of {', '.join(METHOD_KINDS)}")
+
+
+def describe(method: Method) -> dict[str, Any]:
+    """What the report needs to know about a method (written to run.json)."""
+    info: dict[str, Any] = {"name": method.name, "kind": type(method).__name__}
+    model = getattr(method, "model", None) or getattr(getattr(method, "compressed", None), "model", None)
+    if model is not None:
+        info["kv_bytes_per_token"] = kv_bytes_per_token(model)
+        info["native_context"] = native_context(model)
+        info["model"] = getattr(model.config, "_name_or_path", "") or model.config.model_type
+    return info

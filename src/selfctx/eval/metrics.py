@@ -167,7 +167,9 @@ def postprocess(dataset: str, prediction: str) -> str:
     return prediction
 
 
-def score_row(dataset: str, prediction: str, answers: Sequence[str], all_classes: Sequence[str] | None) -> float:
+def score_row(
+    dataset: str, prediction: str, answers: Sequence[str], all_classes: Sequence[str] | None
+) -> float:
     """One row's score in [0, 1]: post-process, then the max over reference answers."""
     metric = DATASET_METRIC[dataset]
     prediction = postprocess(dataset, prediction)

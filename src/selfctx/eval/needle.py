@@ -37,16 +37,58 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 VARIANTS = ("classic", "single", "multi-key", "multi-value", "multi-query", "variable-tracking")
-CLASSIC_NEEDLE = ("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.")
+CLASSIC_NEEDLE = (
+    "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
+)
 CLASSIC_QUESTION = "What is the best thing to do in San Francisco?"
 CLASSIC_ANSWER = "eat a sandwich and sit in Dolores Park on a sunny day"
-PROMPT = ("Below is a long document with some facts hidden in it. Read it and answer the question that "
-          "follows.\n\n{context}\n\nQuestion: {question} Answer using only the document.\nAnswer:")
+PROMPT = (
+    "Below is a long document with some facts hidden in it. Read it and answer the question that "
+    "follows.\n\n{context}\n\nQuestion: {question} Answer using only the document.\nAnswer:"
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_KEY_WORDS = ("amber", "brisk", "cobalt", "dusty", "eager", "fuzzy", "gentle", "hollow", "ivory", "jolly",
-              "kind", "lunar", "mellow", "noble", "olive", "plucky", "quiet", "rusty", "silver", "tidy")
-_KEY_NOUNS = ("anchor", "badger", "canyon", "dolphin", "ember", "falcon", "glacier", "harbor", "island",
-              "jungle", "kettle", "lantern", "meadow", "nectar", "orchard", "pebble", "quartz", "river")
+_KEY_WORDS = (
+    "amber",
+    "brisk",
+    "cobalt",
+    "dusty",
+    "eager",
+    "fuzzy",
+    "gentle",
+    "hollow",
+    "ivory",
+    "jolly",
+    "kind",
+    "lunar",
+    "mellow",
+    "noble",
+    "olive",
+    "plucky",
+    "quiet",
+    "rusty",
+    "silver",
+    "tidy",
+)
+_KEY_NOUNS = (
+    "anchor",
+    "badger",
+    "canyon",
+    "dolphin",
+    "ember",
+    "falcon",
+    "glacier",
+    "harbor",
+    "island",
+    "jungle",
+    "kettle",
+    "lantern",
+    "meadow",
+    "nectar",
+    "orchard",
+    "pebble",
+    "quartz",
+    "river",
+)
 
 
 # ----------------------------------------------------------------------------- haystack
@@ -65,8 +107,10 @@ def load_haystack(source: str | Path) -> str:
                         texts.append(row["text"])
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
-        raise SelfctxError(f"{folder} holds no .txt file and no jsonl row with a 'text' field: nothing to fill "
-                           "the haystack with")
+        raise SelfctxError(
+            f"{folder} holds no .txt file and no jsonl row with a 'text' field: nothing to fill "
+            "the haystack with"
+        )
     return "\n\n".join(texts)
 
 
@@ -93,9 +137,19 @@ def _value(rng: random.Random, taken: set[str]) -> str:
             return value
 
 
-def make_task(variant: str, depth: float, rng: random.Random, *, n_keys: int = 4, n_values: int = 3,
-              n_queries: int = 2, chain: int = 4, needle: str = CLASSIC_NEEDLE, question: str = CLASSIC_QUESTION,
-              answer: str = CLASSIC_ANSWER) -> NeedleTask:
+def make_task(
+    variant: str,
+    depth: float,
+    rng: random.Random,
+    *,
+    n_keys: int = 4,
+    n_values: int = 3,
+    n_queries: int = 2,
+    chain: int = 4,
+    needle: str = CLASSIC_NEEDLE,
+    question: str = CLASSIC_QUESTION,
+    answer: str = CLASSIC_ANSWER,
+) -> NeedleTask:
     """One needle task; `depth` places the needle that is asked about (others go at random depths)."""
     if variant == "classic":
         return NeedleTask([needle], [depth], question, [answer], answer)
@@ -106,31 +160,52 @@ def make_task(variant: str, depth: float, rng: random.Random, *, n_keys: int = 4
 
     if variant == "single":
         key, value = _keys(rng, 1)[0], _value(rng, taken)
-        return NeedleTask([magic(key, value)], [depth], f"What is the special magic number for {key}?",
-                          [value], value)
+        return NeedleTask(
+            [magic(key, value)], [depth], f"What is the special magic number for {key}?", [value], value
+        )
     if variant in ("multi-key", "multi-query"):
         keys = _keys(rng, n_keys)
         values = [_value(rng, taken) for _ in keys]
         depths = [depth] + [rng.random() for _ in keys[1:]]
         asked = 1 if variant == "multi-key" else min(n_queries, n_keys)
         names = ", ".join(keys[:asked])
-        q = (f"What is the special magic number for {keys[0]}?" if asked == 1
-             else f"What are all the special magic numbers for {names}?")
-        return NeedleTask([magic(k, v) for k, v in zip(keys, values, strict=True)], depths, q, values[:asked],
-                          " ".join(values[:asked]))
+        q = (
+            f"What is the special magic number for {keys[0]}?"
+            if asked == 1
+            else f"What are all the special magic numbers for {names}?"
+        )
+        return NeedleTask(
+            [magic(k, v) for k, v in zip(keys, values, strict=True)],
+            depths,
+            q,
+            values[:asked],
+            " ".join(values[:asked]),
+        )
     if variant == "multi-value":
         key = _keys(rng, 1)[0]
         values = [_value(rng, taken) for _ in range(n_values)]
         depths = [depth] + [rng.random() for _ in values[1:]]
-        return NeedleTask([magic(key, v) for v in values], depths,
-                          f"What are all the special magic numbers for {key}?", values, " ".join(values))
+        return NeedleTask(
+            [magic(key, v) for v in values],
+            depths,
+            f"What are all the special magic numbers for {key}?",
+            values,
+            " ".join(values),
+        )
     if variant == "variable-tracking":
         names = ["".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)) for _ in range(chain)]
         value = _value(rng, taken)
-        sentences = [f"VAR {names[0]} = {value}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, chain)]
+        sentences = [f"VAR {names[0]} = {value}."] + [
+            f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, chain)
+        ]
         depths = [depth + (1 - depth) * i / chain for i in range(chain)]  # in order, from `depth` on
-        return NeedleTask(sentences, depths, f"Find all variables that are assigned the value {value}.",
-                          names, " ".join(names))
+        return NeedleTask(
+            sentences,
+            depths,
+            f"Find all variables that are assigned the value {value}.",
+            names,
+            " ".join(names),
+        )
     raise SelfctxError(f"unknown needle variant {variant!r}: pick one of {', '.join(VARIANTS)}")
 
 
@@ -148,14 +223,18 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def place_needles(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, task: NeedleTask) -> Haystack:
+def place_needles(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, task: NeedleTask
+) -> Haystack:
     """Cut the haystack to `length` tokens minus the needles, then insert each needle at the sentence
     boundary nearest its depth (by tokens)."""
     needle_tokens = sum(len(_encode(tokenizer, " " + n)) + 1 for n in task.needles)
     body_tokens = length - needle_tokens
     if body_tokens < 16:
-        raise SelfctxError(f"context length {length} is too short for needles of {needle_tokens} tokens: "
-                           "ask for longer contexts")
+        raise SelfctxError(
+            f"context length {length} is too short for needles of {needle_tokens} tokens: "
+            "ask for longer contexts"
+        )
     # enough haystack text: repeat it until it holds body_tokens tokens (~4 chars a token, checked below)
     text = haystack
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -186,13 +265,16 @@ def place_needles(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int
         pieces.append((" " if at_end else "") + needle + ("" if at_end else " "))
         last = position
     pieces.append(body[last:])
-    return Haystack(context="".join(pieces), placed_depths=[t / body_tokens for _, t, _ in chosen],
-                    body_tokens=body_tokens)
+    return Haystack(
+        context="".join(pieces),
+        placed_depths=[t / body_tokens for _, t, _ in chosen],
+        body_tokens=body_tokens,
+    )
 
 
 # ----------------------------------------------------------------------------- scoring
 def string_match(prediction: str, expected: Sequence[str]) -> float:
-    """Share of the expected strings found in the prediction, case-insensitively (RULER's string_match_all)."""
+    """Share of the expected strings found in the prediction, case-insensitive (RULER string_match_all)."""
     low = prediction.lower()
     return sum(1 for e in expected if e.lower() in low) / len(expected) if expected else 0.0
 
@@ -219,7 +301,7 @@ class NeedleGrid:
 
 
 def run_needle(method: Method, haystack: str, grid: NeedleGrid, out_dir: str | Path) -> dict[str, Any]:
-    """Every (length, depth, sample) cell once; rows in needle.jsonl (resumable), results.json, heatmap.png."""
+    """Every (length, depth, sample) cell once: needle.jsonl (resumable), results.json, heatmap.png."""
     if grid.variant not in VARIANTS:
         raise SelfctxError(f"unknown needle variant {grid.variant!r}: pick one of {', '.join(VARIANTS)}")
     if any(not 0 <= d <= 1 for d in grid.depths):
@@ -248,15 +330,31 @@ def run_needle(method: Method, haystack: str, grid: NeedleGrid, out_dir: str | P
         task = make_task(grid.variant, depth, rng, **grid.options)
         placed = place_needles(method.tokenizer, haystack, length, task)
         after = PROMPT.split("{context}", 1)[1].format(question=task.question)
-        built = split_request(method.tokenizer, PROMPT.format(context=placed.context, question=task.question),
-                              after, limit, chat=True, max_new_tokens=grid.max_new_tokens)
+        built = split_request(
+            method.tokenizer,
+            PROMPT.format(context=placed.context, question=task.question),
+            after,
+            limit,
+            chat=True,
+            max_new_tokens=grid.max_new_tokens,
+        )
         prediction = method.generate([built.request])[0]
         done[cell] = {
-            "cell": cell, "length": length, "depth": depth, "sample": sample, "variant": grid.variant,
-            "placed_depths": placed.placed_depths, "context_tokens": len(_encode(method.tokenizer, placed.context)),
-            "prompt_tokens": built.prompt_tokens, "truncated": built.truncated, "pred": prediction.text,
-            "expected": task.expected, "score": string_match(prediction.text, task.expected),
-            "rouge_recall": rouge_recall(prediction.text, task.reference), "memory_bytes": prediction.memory_bytes,
+            "cell": cell,
+            "length": length,
+            "depth": depth,
+            "sample": sample,
+            "variant": grid.variant,
+            "placed_depths": placed.placed_depths,
+            "context_tokens": len(_encode(method.tokenizer, placed.context)),
+            "prompt_tokens": built.prompt_tokens,
+            "original_tokens": built.original_tokens,
+            "truncated": built.truncated,
+            "pred": prediction.text,
+            "expected": task.expected,
+            "score": string_match(prediction.text, task.expected),
+            "rouge_recall": rouge_recall(prediction.text, task.reference),
+            "memory_bytes": prediction.memory_bytes,
         }
         write_jsonl_atomic(rows_path, list(done.values()))  # small file: rewriting keeps every line whole
         bar.update(1)
@@ -277,12 +375,15 @@ def summarize(rows: Sequence[dict[str, Any]], grid: NeedleGrid, method_name: str
             table[str(n)][f"{d:g}"] = round(sum(cell) / len(cell), 4)
     scores = [r["score"] for r in rows]
     return {
-        "method": method_name, "variant": grid.variant, "grid": asdict(grid),
+        "method": method_name,
+        "variant": grid.variant,
+        "grid": asdict(grid),
         "mean_score": round(sum(scores) / len(scores), 4) if scores else None,
         "mean_rouge_recall": round(sum(r["rouge_recall"] for r in rows) / len(rows), 4) if rows else None,
         "score_by_length_depth": table,
-        "memory_bytes_by_length": {str(n): max(r["memory_bytes"] for r in rows if r["length"] == n)
-                                   for n in grid.lengths},
+        "memory_bytes_by_length": {
+            str(n): max(r["memory_bytes"] for r in rows if r["length"] == n) for n in grid.lengths
+        },
     }
 
 

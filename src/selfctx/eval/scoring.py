@@ -84,8 +84,9 @@ def aggregate(scores: dict[str, float | None]) -> dict[str, Any]:
     return {
         "datasets": len(present),
         "mean_over_datasets": round(math.fsum(present.values()) / len(present), 2) if present else None,
-        "mean_over_categories": (round(math.fsum(categories.values()) / len(categories), 2)
-                                 if categories else None),
+        "mean_over_categories": (
+            round(math.fsum(categories.values()) / len(categories), 2) if categories else None
+        ),
         "categories": categories,
     }
 
@@ -99,7 +100,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise SelfctxError(f"{path}:{number} is not valid JSON ({exc.msg}): fix or delete that line") from None
+                raise SelfctxError(
+                    f"{path}:{number} is not valid JSON ({exc.msg}): fix or delete that line"
+                ) from None
     return rows
 
 
@@ -107,7 +110,9 @@ def score_pred_dir(pred_dir: str | Path, *, e: bool = False) -> dict[str, Any]:
     """Score every `<dataset>.jsonl` in `pred_dir`; write result.json (official layout) and summary.json."""
     folder = Path(pred_dir)
     if not folder.is_dir():
-        raise SelfctxError(f"prediction directory {folder} does not exist: pass the folder of <dataset>.jsonl files")
+        raise SelfctxError(
+            f"prediction directory {folder} does not exist: pass the folder of <dataset>.jsonl files"
+        )
     files = sorted(p for p in folder.glob("*.jsonl") if p.stem in DATASET_METRIC)
     if not files:
         raise SelfctxError(
@@ -120,7 +125,9 @@ def score_pred_dir(pred_dir: str | Path, *, e: bool = False) -> dict[str, Any]:
         for number, row in enumerate(rows, 1):
             missing = {"pred", "answers"} - row.keys()
             if missing:
-                raise SelfctxError(f"{path} row {number} lacks {', '.join(sorted(missing))}: rows need pred and answers")
+                raise SelfctxError(
+                    f"{path} row {number} lacks {', '.join(sorted(missing))}: rows need pred and answers"
+                )
         if not rows:
             continue
         result[path.stem] = score_dataset_e(path.stem, rows) if e else score_dataset(path.stem, rows)
