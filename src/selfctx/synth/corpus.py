@@ -23,7 +23,7 @@ from selfctx.synth.nouns import draw_nouns
 from selfctx.synth.parsing import clean_passage
 from selfctx.synth.scheduler import run_builders
 from selfctx.synth.seeds import derive_seed
-from selfctx.synth.tasks.base import BuildGen, CountsTokens, Knobs, TaskContext
+from selfctx.synth.tasks.base import BuildGen, CountsTokens, Knobs, TaskContext, failed
 from selfctx.synth.types import Passage
 
 POOL_META = "pool.json"
@@ -54,8 +54,8 @@ def passage_builder(ctx: TaskContext) -> BuildGen:
     genre = ctx.genre()
     prompt = ctx.passage_prompt(noun, genre)
     (reply,) = yield [ctx.request(prompt, max_tokens=ctx.knobs.passage_max_tokens)]
-    if not reply.ok:
-        return Dropped("error", reply.error or "")
+    if drop := failed(reply):
+        return drop
     text = clean_passage(reply.text)
     if reason := check_text(text, min_words=ctx.knobs.min_passage_words):
         return Dropped(reason)
@@ -110,13 +110,15 @@ def ensure_pool(
     min_passages: int = 12,
     shard_size: int = 32,
     grow: bool = True,
+    max_in_flight: int | None = None,
     on_batch: Callable[[list[Completion]], None] | None = None,
     progress: Any = None,
 ) -> tuple[list[Passage], PoolReport]:
     """Load the pool at `pool_dir` and write shards until it holds >= min_tokens and >= min_passages."""
     pool_dir = Path(pool_dir)
     pool_dir.mkdir(parents=True, exist_ok=True)
-    _check_meta(pool_dir, {"model": model, "seed": seed, "tokenizer": counter_name})
+    _check_meta(pool_dir, {"model": model, "seed": seed, "tokenizer": counter_name, "shard_size": shard_size})
+    shard_size = int(_read_meta(pool_dir).get("shard_size", shard_size))  # an existing pool keeps its own
     report = PoolReport()
     passages: list[Passage] = []
     seen: set[str] = set()
@@ -137,7 +139,7 @@ def ensure_pool(
             if llm is None or not grow:
                 break
             kept, dropped = _write_shard(
-                llm, pool_dir, shard, seed, counter, knobs, shard_size, seen, on_batch
+                llm, pool_dir, shard, seed, counter, knobs, shard_size, seen, on_batch, max_in_flight
             )
             report.dropped.update(dropped)
             report.attempted += shard_size
@@ -175,6 +177,7 @@ def _write_shard(
     shard_size: int,
     seen: set[str],
     on_batch: Callable[[list[Completion]], None] | None,
+    max_in_flight: int | None,
 ) -> tuple[list[Passage], FilterCounts]:
     indices = iter(range(shard * shard_size, (shard + 1) * shard_size))
     outcomes: dict[int, Passage | Dropped] = {}
@@ -186,7 +189,7 @@ def _write_shard(
         ctx = TaskContext("pool", i, derive_seed(seed, "pool", i), (), counter, knobs)
         return i, passage_builder(ctx)
 
-    run_builders(llm, next_builder, outcomes.__setitem__, on_batch=on_batch)
+    run_builders(llm, next_builder, outcomes.__setitem__, on_batch=on_batch, max_in_flight=max_in_flight)
     kept: list[Passage] = []
     dropped = FilterCounts()
     for i in sorted(outcomes):  # filter in index order: independent of completion order

@@ -43,6 +43,8 @@ class SynthConfig:
     base_url: str | None = None
     tokenizer: str | None = None  # token counter: a model spec, or "regex" (tests); default: the model's
     concurrency: int | None = None
+    timeout: float | None = None  # seconds per call (openai backend)
+    max_retries: int | None = None  # retries per call (openai backend)
     tasks: tuple[str, ...] = tuple(TASKS)
     per_task: int = 2
     length: str | None = None
@@ -54,8 +56,9 @@ class SynthConfig:
     allow_repeat: bool = False
     depths: tuple[float, ...] | None = None
     executor: str = "local"
-    pool_shard_size: int = 32
+    pool_shard_size: int = 16
     max_attempts_per_sample: int = 4
+    max_in_flight: int | None = None  # builders in flight (default: 4x the backend's preferred batch)
     gen: Knobs = field(default_factory=Knobs)
 
     def length_spec(self) -> LengthSpec:
@@ -171,7 +174,7 @@ def build_drafts(
                 progress.update(1)
 
     while True:
-        run_builders(llm, next_builder, on_done, on_batch=on_batch)
+        run_builders(llm, next_builder, on_done, on_batch=on_batch, max_in_flight=cfg.max_in_flight)
         # Duplicates are judged in index order once all launched items are in, so the choice is stable.
         again = False
         for run in runs.values():
@@ -251,6 +254,8 @@ def run_synth(
             cfg.model,
             base_url=cfg.base_url,
             concurrency=cfg.concurrency,
+            timeout=cfg.timeout,
+            max_retries=cfg.max_retries,
             cache_dir=out / "cache",
         )
     throughput = Throughput()
@@ -268,6 +273,7 @@ def run_synth(
                 min_tokens=min_pool_tokens(spec),
                 shard_size=cfg.pool_shard_size,
                 grow=cfg.grow_pool,
+                max_in_flight=cfg.max_in_flight,
                 on_batch=throughput,
                 progress=bar,
             )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from selfctx.llm.base import ChatRequest, Completion, SamplingParams
-from selfctx.synth.filters import Dropped
+from selfctx.synth.filters import Dropped, is_refusal
 from selfctx.synth.genres import GENRES, Genre
 from selfctx.synth.types import Passage, SampleDraft
 
@@ -98,8 +98,12 @@ class TaskContext:
 
 
 def failed(completion: Completion) -> Dropped | None:
-    """The drop for a backend call that failed after its retries."""
-    return Dropped("error", completion.error or "") if not completion.ok else None
+    """The drop for a call that failed after the backend's retries, or whose answer is a refusal."""
+    if not completion.ok:
+        return Dropped("error", completion.error or "")
+    if is_refusal(completion.text):
+        return Dropped("refusal")
+    return None
 
 
 class Builder(Protocol):
