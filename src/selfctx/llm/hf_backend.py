@@ -179,7 +179,7 @@ class HFLLM(LLM):
         return Completion(text, prompt_tokens, len(new_tokens), finish_reason=finish)
 
     def _tokens_until_stop(self, tokens: list[int], stops: list[str]) -> int:
-        """The fewest leading tokens whose text holds a stop string (binary search: containment is monotone)."""
+        """The fewest leading tokens whose text holds a stop (binary search: containment is monotone)."""
         lo, hi = 1, len(tokens)
         while lo < hi:
             mid = (lo + hi) // 2
