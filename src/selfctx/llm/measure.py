@@ -16,7 +16,7 @@ import time
 from selfctx.llm.base import ChatRequest, SamplingParams
 from selfctx.llm.factory import make_llm
 
-NOUNS = ["fern", "anvil", "harbor", "violin", "glacier", "lantern", "orchard", "compass", "falcon", "quarry", "meadow", "kettle"]
+NOUNS = ["fern", "anvil", "harbor", "violin", "glacier", "lantern", "orchard", "compass", "falcon", "quarry"]
 
 
 def measure(backend: str, model: str, n: int, max_tokens: int, concurrency: int, **kw: object) -> dict:
