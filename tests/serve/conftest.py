@@ -12,8 +12,9 @@ from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
 
 # Routing: answer budget 128 in a 512 native context with window 16 -> documents over ~384 byte-tokens are
 # compressed (x8 here), and documents over ~2960 tokens fit no expert.
-TINY_CONFIG: dict[str, Any] = dict(model_name="tiny", answer_budget=128, default_max_tokens=8,
-                                   max_input_tokens=4000, max_body_bytes=64_000)
+TINY_CONFIG: dict[str, Any] = dict(
+    model_name="tiny", answer_budget=128, default_max_tokens=8, max_input_tokens=4000, max_body_bytes=64_000
+)
 
 
 def tiny_lm(seed: int = 0) -> CompressedLM:

@@ -39,8 +39,9 @@ def test_streamed_deltas_add_up_and_stop_strings_cut(lm: CompressedLM) -> None:
     assert len(free.text) >= 4
     stop = free.text[2:4]
     pieces: list[str] = []
-    cut = DecodeRow(_suffix_ids(lm, "Go"), max_tokens=12, temperature=0.9, seed=7, stop=(stop,),
-                    on_text=pieces.append)
+    cut = DecodeRow(
+        _suffix_ids(lm, "Go"), max_tokens=12, temperature=0.9, seed=7, stop=(stop,), on_text=pieces.append
+    )
     decode_rows(lm, memory, [cut])
     assert cut.finish_reason == "stop"
     assert cut.text == free.text[: free.text.find(stop)]
@@ -57,8 +58,14 @@ def test_chat_split_rule() -> None:
     assert (one.context, one.question) == (doc, q)
     plain = split_chat([ChatMessage("user", q)])
     assert (plain.context, plain.question) == ("", q)
-    turns = split_chat([ChatMessage("system", "S"), ChatMessage("user", "U1"), ChatMessage("assistant", "A1"),
-                        ChatMessage("user", q)])
+    turns = split_chat(
+        [
+            ChatMessage("system", "S"),
+            ChatMessage("user", "U1"),
+            ChatMessage("assistant", "A1"),
+            ChatMessage("user", q),
+        ]
+    )
     assert turns.context == "S\n\nU1\n\nassistant: A1" and turns.question == q
     text = split_text(f"{doc}\n\nQ:")
     assert text.context + text.question == f"{doc}\n\nQ:" and text.question == "\n\nQ:"

@@ -11,6 +11,7 @@ inputs over the token limits (400, code context_length_exceeded) and work over t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -54,10 +55,9 @@ class _Events:
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     def emit(self, kind: str, payload: Any) -> None:
-        try:
+        # RuntimeError: the event loop is gone (server shut down), nobody is listening any more
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
-        except RuntimeError:  # the event loop is gone (server shut down): nobody is listening any more
-            pass
 
 
 class _Contexts:
@@ -81,14 +81,21 @@ class _Contexts:
             text = str(json.loads(path.read_text(encoding="utf-8"))["text"])
             self._texts[context_id] = text
             return text
-        raise RequestError(404, f"unknown context_id {context_id!r}: register the text with POST /v1/contexts "
-                           "first (ids are per server unless --memory-dir is shared)", code="context_not_found")
+        raise RequestError(
+            404,
+            f"unknown context_id {context_id!r}: register the text with POST /v1/contexts "
+            "first (ids are per server unless --memory-dir is shared)",
+            code="context_not_found",
+        )
 
 
 def _error_response(exc: RequestError) -> JSONResponse:
     headers = {"Retry-After": "1"} if exc.status == 429 else None
-    return JSONResponse({"error": {"message": exc.message, "type": exc.kind, "code": exc.code, "param": None}},
-                        status_code=exc.status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": exc.message, "type": exc.kind, "code": exc.code, "param": None}},
+        status_code=exc.status,
+        headers=headers,
+    )
 
 
 def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
@@ -119,27 +126,42 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         stats.requests += 1
         declared = raw.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise RequestError(413, f"the body has {declared} bytes, more than this server's limit of "
-                               f"{config.max_body_bytes}: send a shorter input", code="request_too_large")
+            raise RequestError(
+                413,
+                f"the body has {declared} bytes, more than this server's limit of "
+                f"{config.max_body_bytes}: send a shorter input",
+                code="request_too_large",
+            )
         received = bytearray()
         async for chunk in raw.stream():
             received += chunk
             if len(received) > config.max_body_bytes:
-                raise RequestError(413, f"the body exceeds this server's limit of {config.max_body_bytes} "
-                                   "bytes: send a shorter input", code="request_too_large")
+                raise RequestError(
+                    413,
+                    f"the body exceeds this server's limit of {config.max_body_bytes} "
+                    "bytes: send a shorter input",
+                    code="request_too_large",
+                )
         try:
             return model.model_validate_json(bytes(received))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
-            raise RequestError(400, f"malformed request ({problems}): send a JSON body as in the OpenAI API"
-                               ) from None
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            raise RequestError(
+                400, f"malformed request ({problems}): send a JSON body as in the OpenAI API"
+            ) from None
 
     def admit() -> None:
         if stats.in_flight >= config.max_inflight:
             stats.refused_busy += 1
-            raise RequestError(429, f"the server already has {stats.in_flight} requests in flight (limit "
-                               f"{config.max_inflight}): retry after a moment", "rate_limit_error",
-                               code="server_busy")
+            raise RequestError(
+                429,
+                f"the server already has {stats.in_flight} requests in flight (limit "
+                f"{config.max_inflight}): retry after a moment",
+                "rate_limit_error",
+                code="server_busy",
+            )
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
 
@@ -147,10 +169,20 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         stats.in_flight -= 1
 
     def make_job(mode: Mode, split: Split, body: _Body) -> Job:
-        max_tokens = next((v for v in (body.max_completion_tokens, body.max_tokens) if v is not None),
-                          config.default_max_tokens)
-        return Job(mode=mode, context=split.context, question=split.question, max_tokens=max_tokens,
-                   temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stops())
+        max_tokens = next(
+            (v for v in (body.max_completion_tokens, body.max_tokens) if v is not None),
+            config.default_max_tokens,
+        )
+        return Job(
+            mode=mode,
+            context=split.context,
+            question=split.question,
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stops(),
+        )
 
     async def start(job: Job) -> tuple[_Events, MemoryReport]:
         """Queue the job and wait until the worker accepts it (memory ready) or refuses it."""
@@ -174,7 +206,7 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
             while True:
                 kind, payload = await events.queue.get()
                 if kind == "done":
-                    return payload  # type: ignore[no-any-return]
+                    return payload
                 if kind == "error":
                     raise payload
         finally:
@@ -182,12 +214,19 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
             release()
 
     def extension(result: JobResult) -> dict[str, Any]:
-        return {**result.memory.to_json(), "batch_size": result.batch_size,
-                "queue_seconds": round(result.queue_seconds, 4), "decode_seconds": round(result.decode_seconds, 4)}
+        return {
+            **result.memory.to_json(),
+            "batch_size": result.batch_size,
+            "queue_seconds": round(result.queue_seconds, 4),
+            "decode_seconds": round(result.decode_seconds, 4),
+        }
 
     def usage(result: JobResult) -> dict[str, int]:
-        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens}
+        return {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
 
     def stream(job: Job, events: _Events, body: _Body, chunk: Any) -> StreamingResponse:
         """SSE in OpenAI's chunk format; the last content chunk carries finish_reason and the extension."""
@@ -214,8 +253,11 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
                 job.cancelled.set()
                 release()
 
-        return StreamingResponse(lines(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            lines(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -227,8 +269,10 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
-                                            "owned_by": "selfctx"}]}
+        return {
+            "object": "list",
+            "data": [{"id": config.model_name, "object": "model", "created": 0, "owned_by": "selfctx"}],
+        }
 
     @app.post("/v1/contexts")
     async def register_context(raw: Request) -> dict[str, Any]:
@@ -243,7 +287,9 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(raw: Request) -> Any:
         body = await read_body(raw, ChatBody)
-        messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+        messages = [
+            ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+        ]
         if body.context_id is not None:
             split = Split(contexts.get(body.context_id), "\n\n".join(m.content for m in messages))
         else:
@@ -253,15 +299,30 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": ident, "created": created, "model": config.model_name}
         if body.stream:
+
             def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-                return {**base, "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+                return {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                }
+
             return stream(job, events, body, chunk)
         result = await finish(job, events)
-        return {**base, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "finish_reason": result.finish_reason, "logprobs": None}],
-                "usage": usage(result), "selfctx": extension(result)}
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage(result),
+            "selfctx": extension(result),
+        }
 
     @app.post("/v1/completions")
     async def completions(raw: Request) -> Any:
@@ -275,16 +336,32 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": ident, "created": created, "model": config.model_name}
         if body.stream:
+
             def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-                return {**base, "object": "text_completion",
-                        "choices": [{"index": 0, "text": delta.get("content", ""), "finish_reason": finish,
-                                     "logprobs": None}]}
+                return {
+                    **base,
+                    "object": "text_completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": delta.get("content", ""),
+                            "finish_reason": finish,
+                            "logprobs": None,
+                        }
+                    ],
+                }
+
             return stream(job, events, body, chunk)
         result = await finish(job, events)
-        return {**base, "object": "text_completion",
-                "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason,
-                             "logprobs": None}],
-                "usage": usage(result), "selfctx": extension(result)}
+        return {
+            **base,
+            "object": "text_completion",
+            "choices": [
+                {"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}
+            ],
+            "usage": usage(result),
+            "selfctx": extension(result),
+        }
 
     return app
 
@@ -293,10 +370,13 @@ def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def serve_in_thread(lm: CompressedLM, config: ServeConfig | None = None, *, host: str = "127.0.0.1",
-                    port: int = 0) -> Any:
-    """Serve on host:port (0 = a free port) from a background thread; returns a RunningServer (context manager;
-    `base_url` ends in /v1). Stopping it lets in-flight requests finish, then drains the worker."""
+def serve_in_thread(
+    lm: CompressedLM, config: ServeConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Any:
+    """Serve on host:port (0 = a free port) from a background thread.
+
+    Returns a RunningServer (a context manager; `base_url` ends in /v1). Stopping it lets in-flight requests
+    finish, then drains the worker."""
     from selfctx.llm.http_server import RunningServer
 
     return RunningServer(create_app(lm, config), host, port)

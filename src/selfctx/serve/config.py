@@ -30,8 +30,11 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         positive = {
-            "max_input_tokens": self.max_input_tokens, "max_body_bytes": self.max_body_bytes,
-            "max_inflight": self.max_inflight, "max_batch": self.max_batch, "answer_budget": self.answer_budget,
+            "max_input_tokens": self.max_input_tokens,
+            "max_body_bytes": self.max_body_bytes,
+            "max_inflight": self.max_inflight,
+            "max_batch": self.max_batch,
+            "answer_budget": self.answer_budget,
             "default_max_tokens": self.default_max_tokens,
         }
         for name, value in positive.items():

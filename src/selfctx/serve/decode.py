@@ -41,8 +41,10 @@ class DecodeRow:
 
 def stop_token_ids(lm: CompressedLM) -> set[int]:
     ids: set[int] = set()
-    sources = (lm.tokenizer.eos_token_id if lm.tokenizer else None,
-               getattr(lm.model.generation_config, "eos_token_id", None))
+    sources = (
+        lm.tokenizer.eos_token_id if lm.tokenizer else None,
+        getattr(lm.model.generation_config, "eos_token_id", None),
+    )
     for source in sources:
         if isinstance(source, int):
             ids.add(source)
@@ -51,7 +53,9 @@ def stop_token_ids(lm: CompressedLM) -> set[int]:
     return ids
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
     """Greedy at temperature 0, else temperature + nucleus sampling. logits (V,) -> token id."""
     if temperature <= 0:
         return int(logits.argmax())
@@ -64,7 +68,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
 
 
 def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that could still grow into a stop string (held back while streaming)."""
+    """Length of the longest end of `text` that could still grow into a stop string (held back in streams)."""
     best = 0
     for stop in stops:
         for n in range(min(len(stop) - 1, len(text)), 0, -1):
@@ -106,13 +110,16 @@ def decode_rows(lm: CompressedLM, memory: Memory, rows: list[DecodeRow]) -> None
     sequences = [tail + row.prompt_ids for row in rows]
     width = max(len(s) for s in sequences)
     ids = torch.tensor([[0] * (width - len(s)) + s for s in sequences], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long, device=device)
+    mask = torch.tensor(
+        [[0] * (width - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long, device=device
+    )
     layers = [LayerMemory(m.keys.to(device), m.values.to(device)) for m in memory.layers]
     cache = cache_from_memory(lm.parts, layers, len(rows))
     adapter = lm.battery.adapter_for(memory.info.ratio) if memory.info.ratio > 1 else None
     logits, cache = extend(lm.parts, cache, ids, mask, adapter=adapter)
     generators = [
-        torch.Generator(device=device).manual_seed(row.seed) if row.temperature > 0 and row.seed is not None
+        torch.Generator(device=device).manual_seed(row.seed)
+        if row.temperature > 0 and row.seed is not None
         else None
         for row in rows
     ]
@@ -143,7 +150,7 @@ def decode_rows(lm: CompressedLM, memory: Memory, rows: list[DecodeRow]) -> None
             row.token_ids.append(token)
             if len(row.token_ids) >= row.max_tokens:
                 row.finish_reason = "length"
-            _advance_text(row, tokenizer.decode(row.token_ids, skip_special_tokens=True))
+            _advance_text(row, str(tokenizer.decode(row.token_ids, skip_special_tokens=True)))
         if all(row.done for row in rows):
             break
         step = torch.tensor(next_ids, dtype=torch.long, device=device)[:, None]  # (B, 1)

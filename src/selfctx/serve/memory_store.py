@@ -28,7 +28,7 @@ Source = Literal["ram", "disk"]
 
 
 def memory_key(context: str, mode: str, model_fingerprint: str) -> str:
-    """Content address of a compressed context: sha256 over (model+experts+routing fingerprint, mode, text)."""
+    """Content address of a compressed context: sha256 of (model/experts fingerprint, mode, text)."""
     payload = json.dumps({"model": model_fingerprint, "mode": mode, "context": context}, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -49,7 +49,9 @@ class StoreStats:
 
 
 class MemoryStore:
-    def __init__(self, budget_bytes: int, folder: Path | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, budget_bytes: int, folder: Path | None = None, device: str | torch.device = "cpu"
+    ) -> None:
         self.budget_bytes = budget_bytes
         self.folder = folder
         self.device = device
@@ -60,7 +62,9 @@ class MemoryStore:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise SelfctxError(f"cannot create memory folder {folder} ({exc}): pass a writable --memory-dir")
+                raise SelfctxError(
+                    f"cannot create memory folder {folder} ({exc}): pass a writable --memory-dir"
+                ) from None
 
     def get(self, key: str) -> tuple[Memory, Source] | None:
         with self._lock:

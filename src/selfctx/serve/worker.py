@@ -7,6 +7,7 @@ an error with an HTTP status) from a thread-safe callback.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import queue
@@ -16,7 +17,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
 
 from selfctx.compress import CompressedLM, Memory
 from selfctx.errors import SelfctxError
@@ -29,8 +29,9 @@ from selfctx.serve.memory_store import MemoryStore, memory_footprint, memory_key
 class RequestError(Exception):
     """A request the server refuses: HTTP status + a message saying what is wrong and what to do."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
-                 ) -> None:
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
 
@@ -48,7 +49,9 @@ class MemoryReport:
     memory_entries: int
     context_tokens: int
     memory_reused: bool
-    memory_source: str  # "compressed" (for this batch), "ram" (LRU hit) or "disk" (another process's)
+    # "compressed" (for this request), "batch" (compressed for another request decoded in the same batch),
+    # "ram" (LRU hit) or "disk" (saved by this or another process)
+    memory_source: str
     compress_seconds: float
 
     def to_json(self) -> dict[str, Any]:
@@ -97,10 +100,17 @@ class WorkerStats:
 def model_fingerprint(lm: CompressedLM, config: ServeConfig) -> str:
     """Identity of (base model, expert weights, window/routing settings): part of every memory key."""
     digest = hashlib.sha256()
-    meta = {"name": lm.name, "config": lm.model.config.to_dict(), "window": lm.window,
-            "native_context": lm.native_context, "pattern": lm.pattern, "budget": config.answer_budget,
-            "ratios": list(lm.battery.ratios), "kind": lm.battery.kind,
-            "dtype": str(lm.parts.embed_tokens.weight.dtype)}
+    meta = {
+        "name": lm.name,
+        "config": lm.model.config.to_dict(),
+        "window": lm.window,
+        "native_context": lm.native_context,
+        "pattern": lm.pattern,
+        "budget": config.answer_budget,
+        "ratios": list(lm.battery.ratios),
+        "kind": lm.battery.kind,
+        "dtype": str(lm.parts.embed_tokens.weight.dtype),
+    }
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, tensor in sorted(lm.battery.state_dict().items()):  # the experts' actual weights (small)
         digest.update(name.encode())
@@ -186,8 +196,12 @@ class Worker:
         head = self.lm.split_chat(job.context, "")[0] if job.mode == "chat" else job.context
         ids = self._encode(head)
         if len(ids) > self.config.max_input_tokens:
-            raise RequestError(400, f"the context has {len(ids)} tokens, more than this server's limit of "
-                               f"{self.config.max_input_tokens}: shorten it", code="context_length_exceeded")
+            raise RequestError(
+                400,
+                f"the context has {len(ids)} tokens, more than this server's limit of "
+                f"{self.config.max_input_tokens}: shorten it",
+                code="context_length_exceeded",
+            )
         try:
             route = self.lm.route_for(len(ids), self.config.answer_budget)
         except SelfctxError as exc:
@@ -200,21 +214,35 @@ class Worker:
 
     def _report(self, key: str, memory: Memory, source: str, seconds: float) -> MemoryReport:
         info = memory.info
-        requested = (self.lm.route_for(info.n_context_tokens, self.config.answer_budget).requested_ratio
-                     if info.ratio > 1 else 1.0)
+        requested = (
+            self.lm.route_for(info.n_context_tokens, self.config.answer_budget).requested_ratio
+            if info.ratio > 1
+            else 1.0
+        )
         return MemoryReport(
-            context_id=key, expert=info.adapter, ratio=info.ratio, requested_ratio=round(requested, 4),
-            achieved_ratio=round(memory.achieved_ratio, 4), memory_bytes=memory_footprint(memory),
-            memory_entries=memory.num_entries, context_tokens=info.n_context_tokens,
-            memory_reused=source != "compressed", memory_source=source, compress_seconds=round(seconds, 4),
+            context_id=key,
+            expert=info.adapter,
+            ratio=info.ratio,
+            requested_ratio=round(requested, 4),
+            achieved_ratio=round(memory.achieved_ratio, 4),
+            memory_bytes=memory_footprint(memory),
+            memory_entries=memory.num_entries,
+            context_tokens=info.n_context_tokens,
+            memory_reused=source != "compressed",
+            memory_source=source,
+            compress_seconds=round(seconds, 4),
         )
 
     def _serve_group(self, key: str, jobs: list[Job]) -> None:
         started = time.perf_counter()
         memory, source, compress_s = self._memory_for(key, jobs[0])
         report = self._report(key, memory, source, compress_s)
-        rows: list[tuple[Job, DecodeRow]] = []
-        for job in jobs:
+        rows: list[tuple[Job, DecodeRow, MemoryReport]] = []
+        for position, job in enumerate(jobs):
+            if position == 1 and source == "compressed":  # the rest of the group shares that compression
+                report = dataclasses.replace(
+                    report, memory_reused=True, memory_source="batch", compress_seconds=0.0
+                )
             if job.question is None:  # registration only
                 job.emit("done", report)
                 continue
@@ -223,7 +251,7 @@ class Worker:
             except RequestError as exc:
                 job.emit("error", exc)
                 continue
-            rows.append((job, row))
+            rows.append((job, row, report))
             job.emit("start", report)
         if not rows:
             return
@@ -231,15 +259,22 @@ class Worker:
         self.stats.batches += 1
         self.stats.max_batch = max(self.stats.max_batch, len(rows))
         decode_started = time.perf_counter()
-        decode_rows(self.lm, memory, [row for _, row in rows])
+        decode_rows(self.lm, memory, [row for _, row, _ in rows])
         decode_s = time.perf_counter() - decode_started
-        for job, row in rows:
-            job.emit("done", JobResult(
-                text=row.text, finish_reason="stop" if row.finish_reason == "cancelled" else row.finish_reason,
-                prompt_tokens=memory.info.n_context_tokens + len(row.prompt_ids),
-                completion_tokens=len(row.token_ids), memory=report, batch_size=len(rows),
-                queue_seconds=started - job.enqueued_at, decode_seconds=decode_s,
-            ))
+        for job, row, job_report in rows:
+            job.emit(
+                "done",
+                JobResult(
+                    text=row.text,
+                    finish_reason="stop" if row.finish_reason == "cancelled" else row.finish_reason,
+                    prompt_tokens=memory.info.n_context_tokens + len(row.prompt_ids),
+                    completion_tokens=len(row.token_ids),
+                    memory=job_report,
+                    batch_size=len(rows),
+                    queue_seconds=started - job.enqueued_at,
+                    decode_seconds=decode_s,
+                ),
+            )
 
     def _row_for(self, job: Job, memory: Memory) -> DecodeRow:
         assert job.question is not None
@@ -247,24 +282,38 @@ class Worker:
         prompt_ids = self._encode(suffix)
         n_context = memory.info.n_context_tokens
         if n_context + len(prompt_ids) > self.config.max_input_tokens:
-            raise RequestError(400, f"context + question are {n_context + len(prompt_ids)} tokens, more than "
-                               f"this server's limit of {self.config.max_input_tokens}: shorten them",
-                               code="context_length_exceeded")
+            raise RequestError(
+                400,
+                f"context + question are {n_context + len(prompt_ids)} tokens, more than "
+                f"this server's limit of {self.config.max_input_tokens}: shorten them",
+                code="context_length_exceeded",
+            )
         if len(prompt_ids) + job.max_tokens > self.config.answer_budget:
-            raise RequestError(400, f"the question ({len(prompt_ids)} tokens) + max_tokens ({job.max_tokens}) "
-                               f"exceed this server's answer budget of {self.config.answer_budget} tokens: ask "
-                               "a shorter question, lower max_tokens, or move text into the context",
-                               code="context_length_exceeded")
+            raise RequestError(
+                400,
+                f"the question ({len(prompt_ids)} tokens) + max_tokens ({job.max_tokens}) "
+                f"exceed this server's answer budget of {self.config.answer_budget} tokens: ask "
+                "a shorter question, lower max_tokens, or move text into the context",
+                code="context_length_exceeded",
+            )
         if memory.kv_entries + len(prompt_ids) == 0:
             raise RequestError(400, "the prompt is empty: send some text")
         needed = memory.num_entries + int(memory.tail_ids.numel()) + len(prompt_ids) + job.max_tokens
         if needed > self.lm.native_context:
-            raise RequestError(400, f"memory + tail + question + max_tokens need {needed} positions, more than "
-                               f"the native context {self.lm.native_context}: lower max_tokens",
-                               code="context_length_exceeded")
+            raise RequestError(
+                400,
+                f"memory + tail + question + max_tokens need {needed} positions, more than "
+                f"the native context {self.lm.native_context}: lower max_tokens",
+                code="context_length_exceeded",
+            )
         return DecodeRow(
-            prompt_ids=prompt_ids, max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p,
-            seed=job.seed, stop=job.stop, on_text=lambda delta: job.emit("text", delta),
+            prompt_ids=prompt_ids,
+            max_tokens=job.max_tokens,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            seed=job.seed,
+            stop=job.stop,
+            on_text=lambda delta: job.emit("text", delta),
             cancelled=job.cancelled.is_set,
         )
 
