@@ -45,6 +45,7 @@ class SynthConfig:
     concurrency: int | None = None
     timeout: float | None = None  # seconds per call (openai backend)
     max_retries: int | None = None  # retries per call (openai backend)
+    threads: int | None = None  # llama.cpp threads per instance (default: all cores)
     tasks: tuple[str, ...] = tuple(TASKS)
     per_task: int = 2
     length: str | None = None
@@ -257,6 +258,7 @@ def run_synth(
             timeout=cfg.timeout,
             max_retries=cfg.max_retries,
             cache_dir=out / "cache",
+            **({"n_threads": cfg.threads} if cfg.threads and cfg.backend == "llamacpp" else {}),
         )
     throughput = Throughput()
     try:
