@@ -19,9 +19,12 @@ from selfctx.errors import SelfctxError
 from selfctx.llm.base import LLM, ChatRequest, Completion
 from selfctx.models import ModelSpec, resolve_model
 
-# Measured on the 2-core dev machine with the embedded SmolLM2-135M (see the llm section of
-# benchmarks/BENCHMARKS.md): one instance using every core beat two single-thread instances.
-DEFAULT_INSTANCES = 1
+# Measured on the 2-core dev machine with the embedded SmolLM2-135M (llm section of benchmarks/BENCHMARKS.md):
+# idle, one 2-thread instance wrote 68 tok/s and two 1-thread instances 49 tok/s; with other processes on the
+# cores, the 2-thread instance collapsed to ~1 tok/s (llama.cpp's threads spin at every barrier) while two
+# 1-thread instances kept 15 tok/s. A synth run shares the cores with its own tokenizing, so two instances
+# (each with half the cores) is the default: it gives up a quarter at best and avoids the collapse.
+MAX_DEFAULT_INSTANCES = 2
 DEFAULT_N_CTX = 4096
 
 
@@ -48,7 +51,7 @@ class LlamaCppLLM(LLM):
         spec = resolve_model(model) if isinstance(model, str) else model
         path = spec.gguf_path  # raises a SelfctxError for non-GGUF models
         self.model_id = f"llamacpp:{spec.name}"
-        self.instances = instances or DEFAULT_INSTANCES
+        self.instances = instances or min(MAX_DEFAULT_INSTANCES, available_cores())
         self.n_threads = n_threads or max(1, available_cores() // self.instances)
         self.n_ctx = n_ctx
         self._idle: queue.Queue[Any] = queue.Queue()
