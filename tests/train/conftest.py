@@ -55,3 +55,14 @@ def synth_dir(tmp_path: Path) -> Path:
 @pytest.fixture()
 def text_dir(tmp_path: Path) -> Path:
     return write_text_dir(tmp_path / "text")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny model's ops are microseconds long: one thread avoids spin-waiting on a busy 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

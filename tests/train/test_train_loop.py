@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfctx.config import load_config
+from selfctx.config import load_config, to_dict
 from selfctx.errors import SelfctxError
 from selfctx.train.config import FinetuneConfig
 from selfctx.train.finetune import run_finetune
@@ -112,57 +111,43 @@ def test_resume_with_another_batch_geometry_is_refused(tmp_path: Path, synth_dir
         run_finetune(tiny_cfg(tmp_path / "g", synth_dir, "loop.micro_batch_size=2"))
 
 
-def _cli(out: Path, synth: Path, steps: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "selfctx",
-        "train",
-        "--method",
-        "finetune",
-        "--set",
-        "model.name=tiny",
-        "--set",
-        f"loop.output_dir={out}",
-        "--set",
-        f"loop.max_steps={steps}",
-        "--set",
-        "loop.save_every=1",
-        "--set",
-        f"data.sources=[{{kind: synth, path: {synth}}}]",
-        "--set",
-        "data.max_tokens=512",
-        "--set",
-        "lora.dropout=0.1",
-        "--set",
-        "loop.micro_batch_size=4",
-        "--set",
-        "loop.gradient_checkpointing=true",
-    ]
+KILLER = """
+import os, signal, sys
+from selfctx.config import load_config, to_dict
+from selfctx.train.config import FinetuneConfig
+from selfctx.train.finetune import run_finetune
+
+def die(step, loss):
+    if step == int(sys.argv[2]):  # after this step's update, before its checkpoint: its work is lost
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run_finetune(load_config(FinetuneConfig, None, sys.argv[3:]), on_step=die)
+"""
 
 
 def test_sigkill_midway_then_rerun_continues_exactly(tmp_path: Path, synth_dir: Path) -> None:
-    env = {**os.environ, "SELFCTX_PROGRESS": "0"}
-    steps = 40
-    subprocess.run(_cli(tmp_path / "a", synth_dir, steps), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(
-        _cli(tmp_path / "b", synth_dir, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    latest = tmp_path / "b" / "checkpoints" / "latest.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and json.loads(latest.read_text())["step"] >= 3:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(latest.read_text())["step"]
-    assert killed_at < steps, "the run finished before it could be killed"
+    sets = ["loop.save_every=2", "loop.max_steps=8", "loop.micro_batch_size=2"]
+    reference = run_finetune(tiny_cfg(tmp_path / "a", synth_dir, *sets))
+    cfg_b = tiny_cfg(tmp_path / "b", synth_dir, *sets)
+    overrides = [f"{k}={v}" for k, v in _flat(to_dict(cfg_b)).items()]
+    env = {**os.environ, "SELFCTX_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", KILLER, "x", "5", *overrides], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text())["step"] == 4
     assert not (tmp_path / "b" / "final").exists()
-    rerun = subprocess.run(
-        _cli(tmp_path / "b", synth_dir, steps), check=True, env=env, capture_output=True, text=True
-    )
-    assert f"resumed from step {killed_at}" in rerun.stdout or "resumed from step" in rerun.stdout
+    resumed = run_finetune(cfg_b)
+    assert resumed.train.resumed_from == 4
+    assert reference.train.losses[4:] == resumed.train.losses
     a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[f"{prefix}{key}"] = json.dumps(value)  # YAML reads JSON
+    return out

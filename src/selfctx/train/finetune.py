@@ -8,6 +8,7 @@ config.json, the tokenizer, and LOADING.md with the exact loading code. A base t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,11 @@ class FinetuneResult:
     final_dir: Path | None  # None when the run stopped before max_steps
 
 
-def run_finetune(cfg: FinetuneConfig, stop_after: int | None = None) -> FinetuneResult:
+def run_finetune(
+    cfg: FinetuneConfig,
+    stop_after: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> FinetuneResult:
     """Train (resuming from the latest checkpoint in cfg.loop.output_dir) and save OUTPUT/final on rank 0."""
     from selfctx.models import resolve_dtype
 
@@ -153,7 +158,9 @@ def run_finetune(cfg: FinetuneConfig, stop_after: int | None = None) -> Finetune
         if pad_id is None:
             raise SelfctxError("the tokenizer has neither a pad nor an eos token: pick another model")
         batches = MixBatches(mix, cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, int(pad_id))
-        trainer = Trainer(cfg.loop, model, CausalLMObjective(), batches, dist_info=info, run_config=cfg)
+        trainer = Trainer(
+            cfg.loop, model, CausalLMObjective(), batches, dist_info=info, run_config=cfg, on_step=on_step
+        )
         result = trainer.train(stop_after=stop_after)
         final: Path | None = None
         model.eval()
