@@ -355,6 +355,7 @@ def run_needle(method: Method, haystack: str, grid: NeedleGrid, out_dir: str | P
             "score": string_match(prediction.text, task.expected),
             "rouge_recall": rouge_recall(prediction.text, task.reference),
             "memory_bytes": prediction.memory_bytes,
+            "input_tokens": prediction.input_tokens,
         }
         write_jsonl_atomic(rows_path, list(done.values()))  # small file: rewriting keeps every line whole
         bar.update(1)

@@ -5,7 +5,8 @@ method; LongBench folders hold <dataset>.jsonl + result.json, needle folders res
 Output: report.json, report.md, score_vs_length.png, score_vs_ratio.png.
 
 Memory budget: the mean KV state a method held when generation started (bytes) and the effective ratio
-= tokens the task had (before any truncation) / KV entries held (memory bytes / bytes per token).
+= tokens the task needed (tokens given + tokens middle truncation cut) / KV entries held (memory bytes /
+bytes per token).
 Truncation shows a ratio > 1 too: it "compresses" by dropping the middle.
 """
 
@@ -62,11 +63,14 @@ def collect_run(folder: str | Path) -> dict[str, Any]:
     memory = [float(r["memory_bytes"]) for r in rows_seen if "memory_bytes" in r]
     run["mean_memory_bytes"] = round(_mean(memory)) if memory else None
     if per_token and memory:
-        ratios = [
-            r.get("original_tokens") or r.get("input_tokens", 0) for r in rows_seen if "memory_bytes" in r
+        # tokens the task needed = tokens given + tokens middle truncation cut away
+        needed = [
+            r.get("input_tokens", 0) + max(0, r.get("original_tokens", 0) - r.get("prompt_tokens", 0))
+            for r in rows_seen
+            if "memory_bytes" in r
         ]
         held = [m / per_token for m in memory]
-        run["effective_ratio"] = round(math.fsum(ratios) / max(1e-9, math.fsum(held)), 3)
+        run["effective_ratio"] = round(math.fsum(needed) / max(1e-9, math.fsum(held)), 3)
     else:
         run["effective_ratio"] = None
     return run

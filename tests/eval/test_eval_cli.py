@@ -1,0 +1,116 @@
+"""The `selfctx eval` verbs, with a tiny model saved to a folder (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eval_files import write_longbench
+from typer.testing import CliRunner
+
+from selfctx.cli import app
+
+runner = CliRunner()
+
+
+def _tiny_model_folder(tmp_path: Path, tiny_lm) -> Path:
+    model, tokenizer = tiny_lm
+    folder = tmp_path / "tiny-model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_score_verb(tmp_path: Path) -> None:
+    (tmp_path / "trec.jsonl").write_text(
+        json.dumps(
+            {"pred": "City\nCountry", "answers": ["City"], "all_classes": ["City", "Country"], "length": 10}
+        )
+        + "\n"
+    )
+    result = runner.invoke(app, ["eval", "score", "--pred-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "result.json").read_text()) == {"trec": 100.0}
+    result = runner.invoke(app, ["eval", "score", "--pred-dir", str(tmp_path), "--e"])
+    assert json.loads((tmp_path / "result.json").read_text()) == {
+        "trec": {"0-4k": 100.0, "4-8k": None, "8k+": None}
+    }
+
+
+def test_longbench_needle_and_report_verbs(tmp_path: Path, tiny_lm) -> None:
+    model_dir = _tiny_model_folder(tmp_path, tiny_lm)
+    data = tmp_path / "data"
+    write_longbench(data, "passage_count", [{"context": "Paragraph 1: a. Paragraph 2: b.", "answers": ["2"]}])
+    out = tmp_path / "lb"
+    common = ["--model", str(model_dir), "--dtype", "float32", "--device", "cpu"]
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "longbench",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data),
+            "--datasets",
+            "passage_count",
+            "--method",
+            "truncate,full",
+            *common,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "truncate-1024" / "result.json").is_file() and (out / "full" / "run.json").is_file()
+    run = json.loads((out / "full" / "run.json").read_text())
+    assert run["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 4 and run["benchmark"] == "longbench"
+
+    hay = tmp_path / "hay"
+    hay.mkdir()
+    (hay / "a.txt").write_text(" ".join(f"Line {i} is here." for i in range(300)))
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "needle",
+            "--haystack",
+            str(hay),
+            "--out",
+            str(tmp_path / "nd"),
+            "--lengths",
+            "300",
+            "--depths",
+            "0,1",
+            "--variant",
+            "multi-key",
+            "--max-new-tokens",
+            "4",
+            *common,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "nd" / "truncate-1024" / "heatmap.png").is_file()
+
+    report = tmp_path / "report"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "report",
+            str(out / "truncate-1024"),
+            str(out / "full"),
+            str(tmp_path / "nd" / "truncate-1024"),
+            "--out",
+            str(report),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    text = (report / "report.md").read_text()
+    assert "| passage_count |" in text and "effective ratio" in text and "## Needle" in text
+    assert (report / "score_vs_length.png").is_file() and (report / "score_vs_ratio.png").is_file()
+    runs = json.loads((report / "report.json").read_text())["runs"]
+    assert runs[1]["effective_ratio"] == 1.0  # full attention holds every token it read
+
+
+def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "score", "--pred-dir", str(tmp_path / "none")])
+    assert result.exit_code != 0 and "does not exist" in str(result.exception)

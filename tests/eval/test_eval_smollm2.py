@@ -1,0 +1,79 @@
+"""End to end on the embedded SmolLM2 (slow): LongBench runner, the compressed method, a needle grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from eval_files import write_longbench
+
+from selfctx.eval import needle as nd
+from selfctx.eval.longbench import run_longbench
+from selfctx.eval.methods import build_method
+
+pytestmark = pytest.mark.slow
+
+FILLER = " ".join(
+    f"Passage {i}:\nThe Rhine\nThe Rhine is a long river in Europe that flows north." for i in range(2, 5)
+)
+HOTPOT = {
+    "context": "Passage 1:\nMount Lira\nMount Lira is a mountain in Chile. It is 4,210 metres high.\n"
+    + FILLER,
+    "input": "In which country is Mount Lira?",
+    "answers": ["Chile"],
+}
+SAMSUM = {
+    "context": "Dialogue: Ann: Lunch at noon? Bob: Sure, see you then.\n"
+    "Summary: Ann and Bob will have lunch at noon.\n\n",
+    "input": "Dialogue: Tom: I lost my keys. Eva: Check the car.\nSummary:",
+    "answers": ["Tom lost his keys and Eva tells him to check the car."],
+}
+
+
+def test_longbench_runs_end_to_end_on_smollm2(tmp_path: Path, smollm) -> None:
+    model, tokenizer = smollm
+    data = tmp_path / "data"
+    write_longbench(data, "hotpotqa", [HOTPOT])
+    write_longbench(data, "samsum", [SAMSUM])
+    method = build_method("truncate", model, tokenizer)
+    # max_length 120 < the hotpotqa prompt (~170 tokens): the middle (filler passages) is cut
+    report = run_longbench(method, ["hotpotqa", "samsum"], tmp_path / "out", data_dir=data, max_length=120)
+    hotpot = json.loads((tmp_path / "out" / "hotpotqa.jsonl").read_text())
+    assert hotpot["truncated"] and hotpot["prompt_tokens"] == 120 and hotpot["original_tokens"] > 120
+    assert "chile" in hotpot["pred"].lower()  # the fact at the start survived the middle truncation
+    assert report["result"]["hotpotqa"] > 0
+    samsum = json.loads((tmp_path / "out" / "samsum.jsonl").read_text())
+    assert samsum["pred"].strip() and "\n" not in samsum["pred"]  # "\n" is a stop token for samsum
+    assert 0 <= report["result"]["samsum"] <= 100
+    assert json.loads((tmp_path / "out" / "result.json").read_text()) == report["result"]
+
+
+def test_compressed_method_runs_through_the_same_runner(tmp_path: Path, smollm) -> None:
+    model, tokenizer = smollm
+    data = tmp_path / "data"
+    write_longbench(data, "hotpotqa", [HOTPOT])
+    compressed = build_method("compressed", model, tokenizer, window=64, ratio=2)  # untrained experts
+    run_longbench(compressed, ["hotpotqa"], tmp_path / "c", data_dir=data)
+    row = json.loads((tmp_path / "c" / "hotpotqa.jsonl").read_text())
+    assert row["info"]["ratio"] == 2 and row["info"]["memory_entries"] > 0
+    full = build_method("full", model, tokenizer)
+    # compressed memory + raw tail/prompt holds less KV than the full prompt would
+    assert row["memory_bytes"] < full.memory_bytes(row["input_tokens"])
+    assert isinstance(row["pred"], str)
+
+
+def test_needle_grid_on_smollm2(tmp_path: Path, smollm) -> None:
+    model, tokenizer = smollm
+    haystack = " ".join(
+        f"The village of {name} grew barley and kept {i} goats near the old mill."
+        for i, name in enumerate(["Arden", "Belmont", "Corwin", "Dalby", "Elstow"] * 30)
+    )
+    method = build_method("truncate", model, tokenizer)
+    grid = nd.NeedleGrid(lengths=(200, 400), depths=(0.0, 1.0), variant="single")
+    summary = nd.run_needle(method, haystack, grid, tmp_path / "needle")
+    rows = [json.loads(line) for line in (tmp_path / "needle" / "needle.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(abs(r["context_tokens"] - r["length"]) <= 20 for r in rows)
+    # measured on this model: it finds the number in every cell of this small grid (1.0); allow one miss
+    assert summary["mean_score"] >= 0.75
+    assert (tmp_path / "needle" / "heatmap.png").stat().st_size > 1000
