@@ -373,3 +373,44 @@ def test_real_tokenizer_additivity_and_one_percent() -> None:
             draft, pool, target, counter, random.Random(i), model="m", seed=i, bucket=spec.bucket_for(target)
         )
         assert sample.token_count == streamed.metadata["token_count"]
+
+
+class MergingCounter(RegexTokenCounter):
+    """Like a tokenizer that is NOT additive across passage boundaries: the whole sample counts one extra
+    token per passage header, which the additive plan cannot see. assemble_sample must measure and correct."""
+
+    name = "merging"
+
+    def count_chat(self, messages) -> int:  # type: ignore[no-untyped-def]
+        extra = sum(m["content"].count("\n\nPassage ") for m in messages)
+        return super().count_chat(messages) + extra
+
+
+def test_measured_count_is_corrected_when_pieces_are_not_additive() -> None:
+    counter = MergingCounter()
+    pool = make_pool(RegexTokenCounter(), n=300, seed=3)
+    draft = make_draft(pool, k=2)
+    for seed, target in enumerate((6_000, 9_000, 20_000)):
+        sample = assemble_sample(draft, pool, target, counter, random.Random(seed), model="m", seed=seed,
+                                 bucket=bucket_of(target))  # fmt: skip
+        assert sample.n_distractors > 20  # the hidden excess (one per header) exceeds the 1% window
+        assert counter.count_chat(sample.messages) == sample.token_count
+        assert abs(sample.token_count - target) <= 0.01 * target
+
+
+def test_small_targets_with_narrow_windows_still_fill() -> None:
+    counter = RegexTokenCounter()
+    pool = make_pool(counter, n=200, seed=9)
+    short = SampleDraft("qa", (pool[0],), "Answer {gold[0]}.", "Q?", "A {gold[0]}.", (pool[0].noun,))
+    minimum = assemble_sample(short, pool, 10_000, counter, random.Random(0), depths=[0.0], model="m", seed=0,
+                              bucket="8k-16k")  # fmt: skip
+    assert minimum.token_count
+    for target in range(pool[0].n_tokens + 30, pool[0].n_tokens + 400, 7):
+        try:
+            sample = assemble_sample(short, pool, target, counter, random.Random(target), model="m", seed=0,
+                                     bucket=bucket_of(target))  # fmt: skip
+        except SelfctxError as exc:  # only "too small" is acceptable here, and it must say so
+            assert "smaller than the relevant passages" in str(exc)
+            continue
+        lo, hi = tolerance_window(target, bucket_of(target))
+        assert lo <= sample.token_count <= hi

@@ -61,7 +61,12 @@ def test_jsonl_and_parquet_load_with_datasets(tmp_path: Path) -> None:
     finalize(writer)
     shards = sorted((tmp_path / "data").glob("*.jsonl"))
     assert [p.name for p in shards] == ["train-00000.jsonl", "train-00001.jsonl", "train-00002.jsonl"]
-    ds = datasets.load_dataset("json", data_files=str(tmp_path / "data" / "*.jsonl"), split="train")
+    ds = datasets.load_dataset(
+        "json",
+        data_files=str(tmp_path / "data" / "*.jsonl"),
+        split="train",
+        cache_dir=str(tmp_path / ".hf_cache"),
+    )
     assert set(ds.column_names) == set(ROW_COLUMNS) and len(ds) == 9
     assert ds[0]["messages"][1] == {"role": "assistant", "content": "A0"}
     assert ds[4]["nouns"] == [] and ds[1]["gold_positions"] == [1, 3]
@@ -71,7 +76,7 @@ def test_jsonl_and_parquet_load_with_datasets(tmp_path: Path) -> None:
     )
     assert pq.to_list() == ds.to_list()
     # The card's `configs:` header makes the folder itself loadable.
-    whole = datasets.load_dataset(str(tmp_path), split="train")
+    whole = datasets.load_dataset(str(tmp_path), split="train", cache_dir=str(tmp_path / ".hf_cache"))
     assert len(whole) == 9 and set(whole.column_names) == set(ROW_COLUMNS)
 
 
@@ -117,7 +122,9 @@ def test_parquet_only_output(tmp_path: Path) -> None:
     writer.add_many(samples())
     finalize(writer)
     assert not list((tmp_path / "data").glob("*.jsonl"))
-    assert len(datasets.load_dataset(str(tmp_path), split="train")) == 9
+    assert (
+        len(datasets.load_dataset(str(tmp_path), split="train", cache_dir=str(tmp_path / ".hf_cache"))) == 9
+    )
     with pytest.raises(ValueError):
         DatasetWriter(tmp_path, formats=("csv",))
 
@@ -140,7 +147,7 @@ def test_streamed_rows_share_the_row_format(tmp_path: Path) -> None:
                                  bucket="0-8k")  # fmt: skip
         writer.record(streamed.metadata)
     finalize(writer)
-    ds = datasets.load_dataset(str(tmp_path), split="train")
+    ds = datasets.load_dataset(str(tmp_path), split="train", cache_dir=str(tmp_path / ".hf_cache"))
     assert len(ds) == 3 and ds[2]["token_count"] == streamed.metadata["token_count"]
     assert json.loads(ds[2]["extra"])["token_count_method"] == "additive"
     assert "| single_doc_qa |" in (tmp_path / "README.md").read_text()

@@ -272,8 +272,9 @@ def _plan(
                 f"needs {lo - minimum:,}: grow the pool with --pool-size or pass --allow-repeat"
             )
 
-    # Aim inside the window by a margin that absorbs the placeholder estimate's error.
-    margin = min(2 * n_placeholders, (hi - lo) // 4)
+    # Aim at the middle half of the window (counts land near the target, not on the window's edge); the
+    # margin also absorbs the placeholder estimate's error. The full window is the fallback.
+    margin = min(max(2 * n_placeholders, (hi - lo) // 4), (hi - lo) // 3)
     aim_lo, aim_hi = lo + margin, hi - margin
     chosen: list[_Piece] = []
     total = minimum
@@ -290,10 +291,20 @@ def _plan(
             repeated = True
 
     stream = candidates()
+    # A bound on the loop (drops can undo adds): never hang, whatever the pool looks like.
+    mean_cost = max(1, sum(costs) // max(1, len(costs)))
+    max_steps = 3 * (target_tokens // mean_cost + len(eligible)) + 100
+    steps = 0
     while total < aim_lo:
-        idx = next(stream, None)
-        if idx is None:  # the capacity check makes this unreachable unless counts are inconsistent
-            raise RuntimeError(f"ran out of distractors at {total:,} of {aim_lo:,} tokens")
+        steps += 1
+        idx = next(stream, None) if steps <= max_steps else None
+        if idx is None:
+            if total >= lo:  # short of the aim, inside the window
+                break
+            raise SelfctxError(
+                f"cannot fill a {draft.task} sample to {target_tokens:,} tokens +-1% from this pool (reached "
+                f"{total:,}): grow the pool with --pool-size, pass --allow-repeat, or choose another length"
+            )
         passage, cost = eligible[idx], costs[idx]
         text = passage.text.strip()
         header = headers.cost(k + len(chosen) + 1)
@@ -302,6 +313,8 @@ def _plan(
             total += header + cost
             continue
         fit = truncate_to_fit(text, counter, aim_lo - total - header, aim_hi - total - header)
+        if fit is None:  # the aim is narrower than the window: any count inside the window will do
+            fit = truncate_to_fit(text, counter, lo - total - header, hi - total - header)
         if fit is not None:
             chosen.append(_Piece(fit[0], fit[1], passage.id, text, cost))
             total += header + fit[1]
