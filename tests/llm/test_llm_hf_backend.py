@@ -72,3 +72,16 @@ def test_eos_ends_a_row_with_finish_stop(llm: HFLLM) -> None:
     eos = llm.eos_ids[0]
     done = llm._finish(_greedy("x"), [ord("a") + 5, ord("b") + 5, eos, 0, 0], prompt_tokens=4)
     assert done.finish_reason == "stop" and done.completion_tokens == 2
+
+
+def test_top_p_samples_only_the_nucleus_in_proportion() -> None:
+    from collections import Counter
+
+    from selfctx.llm.hf_backend import _RowSampler
+
+    request = ChatRequest.user("x", SamplingParams(seed=0, temperature=1.0, top_p=0.5))
+    sampler = _RowSampler([request], torch.device("cpu"))
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))  # nucleus at top_p 0.5: tokens 0 and 1
+    counts = Counter(int(sampler(None, logits).argmax()) for _ in range(400))  # type: ignore[arg-type]
+    assert set(counts) == {0, 1}
+    assert 1.0 < counts[0] / counts[1] < 1.8  # 4:3 in expectation

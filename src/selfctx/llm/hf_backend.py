@@ -36,18 +36,24 @@ class _RowSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         import torch
 
+        rows = [row for row, temp in enumerate(self.temps) if temp > 0]  # the others stay greedy (argmax)
+        if not rows:
+            return scores
+        temps = torch.tensor([self.temps[row] for row in rows], device=scores.device).unsqueeze(1)
+        probs = torch.softmax(scores[rows].float() / temps, dim=-1)
+        # The nucleus almost always lies in the top few hundred tokens: a top-k costs far less than sorting
+        # the whole vocabulary, and where its mass falls short of top_p the full sort keeps sampling exact.
+        top_probs, top_ids = torch.topk(probs, min(512, probs.shape[-1]), dim=-1)
         out = scores.clone()
-        for row, (temp, top_p, gen) in enumerate(zip(self.temps, self.top_ps, self.generators, strict=True)):
-            if temp <= 0:
-                continue  # greedy: generate's argmax picks the best token
-            probs = torch.softmax(scores[row].float() / temp, dim=-1)
-            if top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-            token = torch.multinomial(probs, 1, generator=gen)
+        for j, row in enumerate(rows):
+            top_p = self.top_ps[row]
+            p, ids = top_probs[j], top_ids[j]
+            if top_p >= 1.0 or float(p.sum()) < top_p:
+                p, ids = torch.sort(probs[j], descending=True)
+            keep = torch.cumsum(p, dim=0) - p < top_p if top_p < 1.0 else torch.ones_like(p, dtype=torch.bool)
+            choice = torch.multinomial(p[keep], 1, generator=self.generators[row])
             out[row] = torch.finfo(out.dtype).min
-            out[row, token] = 0
+            out[row, ids[keep][choice]] = 0
         return out
 
 
