@@ -14,15 +14,16 @@ from selfctx.eval.methods import build_method
 
 pytestmark = pytest.mark.slow
 
+SHORT_CONTEXT = (
+    "Passage 1:\nMount Lira\nMount Lira is a mountain in Chile. It is 4,210 metres high.\n"
+    "Passage 2:\nThe Rhine\nThe Rhine is a river in Europe."
+)
 FILLER = " ".join(
     f"Passage {i}:\nThe Rhine\nThe Rhine is a long river in Europe that flows north." for i in range(2, 5)
 )
-HOTPOT = {
-    "context": "Passage 1:\nMount Lira\nMount Lira is a mountain in Chile. It is 4,210 metres high.\n"
-    + FILLER,
-    "input": "In which country is Mount Lira?",
-    "answers": ["Chile"],
-}
+QUESTION = {"input": "In which country is Mount Lira?", "answers": ["Chile"]}
+HOTPOT = {"context": SHORT_CONTEXT, **QUESTION}  # ~118 prompt tokens
+HOTPOT_LONG = {"context": SHORT_CONTEXT.split("Passage 2")[0] + FILLER, **QUESTION}  # ~162 prompt tokens
 SAMSUM = {
     "context": "Dialogue: Ann: Lunch at noon? Bob: Sure, see you then.\n"
     "Summary: Ann and Bob will have lunch at noon.\n\n",
@@ -34,14 +35,17 @@ SAMSUM = {
 def test_longbench_runs_end_to_end_on_smollm2(tmp_path: Path, smollm) -> None:
     model, tokenizer = smollm
     data = tmp_path / "data"
-    write_longbench(data, "hotpotqa", [HOTPOT])
+    write_longbench(data, "hotpotqa", [HOTPOT, HOTPOT_LONG])
     write_longbench(data, "samsum", [SAMSUM])
     method = build_method("truncate", model, tokenizer)
-    # max_length 120 < the hotpotqa prompt (~170 tokens): the middle (filler passages) is cut
-    report = run_longbench(method, ["hotpotqa", "samsum"], tmp_path / "out", data_dir=data, max_length=120)
-    hotpot = json.loads((tmp_path / "out" / "hotpotqa.jsonl").read_text())
-    assert hotpot["truncated"] and hotpot["prompt_tokens"] == 120 and hotpot["original_tokens"] > 120
-    assert "chile" in hotpot["pred"].lower()  # the fact at the start survived the middle truncation
+    # max_length 150: the short row fits, the long one (~162 tokens) loses the middle of its filler
+    report = run_longbench(method, ["hotpotqa", "samsum"], tmp_path / "out", data_dir=data, max_length=150)
+    short, long = [
+        json.loads(line) for line in (tmp_path / "out" / "hotpotqa.jsonl").read_text().splitlines()
+    ]
+    assert not short["truncated"] and short["prompt_tokens"] == short["original_tokens"] < 150
+    assert "chile" in short["pred"].lower()  # measured: "The answer is Mount Lira is a mountain in Chile."
+    assert long["truncated"] and long["prompt_tokens"] == 150 and long["original_tokens"] > 150
     assert report["result"]["hotpotqa"] > 0
     samsum = json.loads((tmp_path / "out" / "samsum.jsonl").read_text())
     assert samsum["pred"].strip() and "\n" not in samsum["pred"]  # "\n" is a stop token for samsum
@@ -52,7 +56,7 @@ def test_longbench_runs_end_to_end_on_smollm2(tmp_path: Path, smollm) -> None:
 def test_compressed_method_runs_through_the_same_runner(tmp_path: Path, smollm) -> None:
     model, tokenizer = smollm
     data = tmp_path / "data"
-    write_longbench(data, "hotpotqa", [HOTPOT])
+    write_longbench(data, "hotpotqa", [HOTPOT_LONG])
     compressed = build_method("compressed", model, tokenizer, window=64, ratio=2)  # untrained experts
     run_longbench(compressed, ["hotpotqa"], tmp_path / "c", data_dir=data)
     row = json.loads((tmp_path / "c" / "hotpotqa.jsonl").read_text())
