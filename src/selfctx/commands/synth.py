@@ -78,10 +78,11 @@ def command(
     cfg = load_config(SynthConfig, config, set_ or [])
     cfg = load_config(SynthConfig, None, [], defaults={**_as_plain(cfg), **cli})
     if from_docs is not None:
-        from selfctx.synth.from_docs import run_from_docs
-
-        summary = run_from_docs(cfg, from_docs, out, command=_command_line())
-    elif cfg.executor == "ray":
+        raise SelfctxError(
+            "--from-docs is not available in this version (the chunk-and-stitch stage is not written yet): "
+            "run without it"
+        )
+    if cfg.executor == "ray":
         from selfctx.synth.executors import run_synth_ray
 
         summary = run_synth_ray(cfg, out, command=_command_line())

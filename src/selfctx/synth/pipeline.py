@@ -109,7 +109,7 @@ def counter_name(counter: Any) -> str:
 
 def min_pool_tokens(spec: LengthSpec) -> int:
     """Distractor tokens the longest sample needs, with headroom for the excluded nouns and headers."""
-    return int(spec.hi * 1.15) + 1024
+    return int(spec.hi * 1.15) + 256
 
 
 @dataclass
@@ -244,52 +244,71 @@ def run_synth(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    spec = cfg.length_spec()
+    cfg.length_spec()  # bad length options fail before any work
     counter = make_counter(cfg)
     own_llm = llm is None
     if llm is None:
-        from selfctx.llm.factory import make_llm
-
-        llm = make_llm(
-            cfg.backend,
-            cfg.model,
-            base_url=cfg.base_url,
-            concurrency=cfg.concurrency,
-            timeout=cfg.timeout,
-            max_retries=cfg.max_retries,
-            cache_dir=out / "cache",
-            **({"n_threads": cfg.threads} if cfg.threads and cfg.backend == "llamacpp" else {}),
-        )
+        llm = open_llm(cfg, out)
     throughput = Throughput()
     try:
-        pool_dir = Path(cfg.pool) if cfg.pool else out / "pool"
-        with progress_bar(desc="pool passages", total=None, unit="passage") as bar:
-            pool, pool_report = ensure_pool(
-                llm,
-                pool_dir,
-                seed=cfg.seed,
-                model=llm.model_id,
-                counter=counter,
-                counter_name=counter_name(counter),
-                knobs=cfg.gen,
-                min_tokens=min_pool_tokens(spec),
-                shard_size=cfg.pool_shard_size,
-                grow=cfg.grow_pool,
-                max_in_flight=cfg.max_in_flight,
-                on_batch=throughput,
-                progress=bar,
-            )
-        task_summaries = _run_tasks(llm, cfg, out, pool, counter, throughput)
+        pool, pool_report = pool_stage(cfg, out, llm, counter, throughput)
+        task_summaries = run_tasks(llm, cfg, out, pool, counter, throughput)
         gen_seconds = time.perf_counter() - started
-        summary = _summary(cfg, out, llm, pool_report, task_summaries, throughput, started, gen_seconds)
-        _write_dataset(out, cfg, summary, command)
+        summary = build_summary(
+            cfg, out, llm.model_id, llm.stats.to_json(), pool_report, task_summaries, throughput, started,
+            gen_seconds,
+        )  # fmt: skip
+        write_dataset(out, cfg, summary, command)
     finally:
         if own_llm:
             llm.close()
     return summary
 
 
-def _run_tasks(
+def open_llm(cfg: SynthConfig, out: Path) -> LLM:
+    """The configured backend behind the run's persistent call cache (<out>/cache)."""
+    from selfctx.llm.factory import make_llm
+
+    return make_llm(
+        cfg.backend,
+        cfg.model,
+        base_url=cfg.base_url,
+        concurrency=cfg.concurrency,
+        timeout=cfg.timeout,
+        max_retries=cfg.max_retries,
+        cache_dir=out / "cache",
+        **({"n_threads": cfg.threads} if cfg.threads and cfg.backend == "llamacpp" else {}),
+    )
+
+
+def pool_stage(
+    cfg: SynthConfig, out: Path, llm: LLM | None, counter: Any, throughput: Throughput
+) -> tuple[list[Passage], PoolReport]:
+    """Load or grow the passage pool (llm=None: load only)."""
+    pool_dir = Path(cfg.pool) if cfg.pool else out / "pool"
+    with progress_bar(desc="pool passages", total=None, unit="passage") as bar:
+        return ensure_pool(
+            llm,
+            pool_dir,
+            seed=cfg.seed,
+            model=llm.model_id if llm is not None else _pool_model(pool_dir),
+            counter=counter,
+            counter_name=counter_name(counter),
+            knobs=cfg.gen,
+            min_tokens=min_pool_tokens(cfg.length_spec()),
+            shard_size=cfg.pool_shard_size,
+            grow=cfg.grow_pool and llm is not None,
+            max_in_flight=cfg.max_in_flight,
+            on_batch=throughput,
+            progress=bar,
+        )
+
+
+def _pool_model(pool_dir: Path) -> str:
+    return str(json.loads((pool_dir / "pool.json").read_text())["model"])
+
+
+def run_tasks(
     llm: LLM, cfg: SynthConfig, out: Path, pool: Sequence[Passage], counter: Any, throughput: Throughput
 ) -> dict[str, dict[str, Any]]:
     state_dir = out / "state"
@@ -328,10 +347,11 @@ def _count(items: Any) -> dict[str, int]:
     return counts
 
 
-def _summary(
+def build_summary(
     cfg: SynthConfig,
     out: Path,
-    llm: LLM,
+    model_id: str,
+    backend_stats: dict[str, Any],
     pool_report: PoolReport,
     tasks: dict[str, dict[str, Any]],
     throughput: Throughput,
@@ -344,13 +364,13 @@ def _summary(
         dropped.update(t["dropped"])
     wall = time.perf_counter() - started
     summary = {
-        "model": llm.model_id,
+        "model": model_id,
         "seed": cfg.seed,
         "length": cfg.length_spec().describe(),
         "stages": {"pool": pool_report.to_json(), "tasks": tasks},
         "samples": sum(t["kept"] for t in tasks.values()),
         "dropped_by_filter": dropped.as_dict(),
-        "backend": llm.stats.to_json(),
+        "backend": backend_stats,
         "calls_this_run": throughput.calls,
         "cached_calls_this_run": throughput.cached,
         "generated_tokens_this_run": throughput.tokens,
@@ -362,7 +382,7 @@ def _summary(
     return summary
 
 
-def _write_dataset(out: Path, cfg: SynthConfig, summary: dict[str, Any], command: str | None) -> None:
+def write_dataset(out: Path, cfg: SynthConfig, summary: dict[str, Any], command: str | None) -> None:
     """Task shards (task order, then item order) -> data/train-*.jsonl, card, histogram, manifest."""
     from selfctx.config import to_dict
     from selfctx.synth.writer import DatasetWriter

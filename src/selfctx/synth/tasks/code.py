@@ -64,44 +64,72 @@ class CallTree:
         }
 
 
+def _constant(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.operand, ast.Constant)
+    if isinstance(node, ast.Tuple | ast.List):
+        return all(_constant(e) for e in node.elts)
+    return False
+
+
 def parse_vars(code: str, taken: set[str]) -> tuple[str, list[str]] | None:
-    """(code, new names) if `code` is only assignments of constants to new plain names, else None."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return None
+    """(lines, new names): the lines of `code` that assign constants to new plain names, else None.
+
+    A small model often wraps the assignment in other code; only the plain constant assignments are kept.
+    """
+    kept_lines: list[str] = []
     names: list[str] = []
-    for node in tree.body:
-        if not isinstance(node, ast.Assign):
-            return None
-        for target in node.targets:
+    for line in code.splitlines():
+        if line[:1].isspace():
+            continue  # inside a block: not a top-level assignment
+        try:
+            body = ast.parse(line).body
+        except SyntaxError:
+            continue
+        if len(body) != 1 or not isinstance(body[0], ast.Assign) or not _constant(body[0].value):
+            continue
+        targets: list[str] = []
+        for target in body[0].targets:
             elts = target.elts if isinstance(target, ast.Tuple) else [target]
             if not all(isinstance(e, ast.Name) for e in elts):
-                return None
-            names.extend(e.id for e in elts if isinstance(e, ast.Name))
-        values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
-        if not all(isinstance(v, ast.Constant | ast.UnaryOp) for v in values):
-            return None
-    if not names or len(set(names)) != len(names) or set(names) & taken:
+                targets = []
+                break
+            targets += [e.id for e in elts if isinstance(e, ast.Name)]
+        if targets and not (set(targets) & (taken | set(names))) and len(set(targets)) == len(targets):
+            kept_lines.append(line.rstrip())
+            names += targets
+    if not names:
         return None
-    return code, names
+    return "\n".join(kept_lines), names
+
+
+def _parse_prefix(code: str) -> ast.Module | None:
+    """The AST of the longest prefix of whole lines that parses (models often trail off mid-statement)."""
+    lines = code.splitlines()
+    for end in range(len(lines), 0, -1):
+        try:
+            return ast.parse("\n".join(lines[:end]))
+        except SyntaxError:
+            continue
+    return None
 
 
 def parse_function(code: str, taken: set[str]) -> tuple[str, str, int] | None:
-    """(source, name, n_params) of the one top-level function in `code`, else None."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    """(source, name, n_params) of the first top-level function with 1-3 plain parameters, else None."""
+    tree = _parse_prefix(code)
+    if tree is None:
         return None
-    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
-    if len(funcs) != 1 or len(tree.body) != 1:
-        return None
-    func = funcs[0]
-    n = len(func.args.args)
-    if func.name in taken or not 1 <= n <= 3 or func.args.vararg or func.args.kwarg:
-        return None
-    source = ast.get_source_segment(code, func) or code
-    return source, func.name, n
+    source_text = "\n".join(code.splitlines())
+    for func in tree.body:
+        if not isinstance(func, ast.FunctionDef):
+            continue
+        n = len(func.args.args)
+        if func.name in taken or not 1 <= n <= 3 or func.args.vararg or func.args.kwarg:
+            return None
+        return ast.get_source_segment(source_text, func) or source_text, func.name, n
+    return None
 
 
 def _policy(ctx: TaskContext) -> list[str]:

@@ -46,6 +46,7 @@ def build(ctx: TaskContext) -> BuildGen:
     fields = labeled_fields(third.text, ("Question", "Answer"))
     if fields is None:
         return Dropped("malformed", "no Question/Answer")
+    fields = {k: v.split("\n\n")[0].strip() for k, v in fields.items()}
     if reason := check_text(fields["question"], min_words=3):
         return Dropped(reason, "question")
     both = first.text + "\n" + text_b

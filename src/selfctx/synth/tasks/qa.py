@@ -22,7 +22,8 @@ def build(ctx: TaskContext) -> BuildGen:
     fields = labeled_fields(reply.text, ("Question", "Answer"))
     if fields is None:
         return Dropped("malformed", "no Question/Answer")
-    question, answer = fields["question"], fields["answer"]
+    # Keep the first paragraph: small models run on into a second QA pair or commentary.
+    question, answer = fields["question"].split("\n\n")[0].strip(), fields["answer"].split("\n\n")[0].strip()
     if reason := check_text(question, min_words=3):
         return Dropped(reason, "question")
     if reason := check_answer(answer, passage.text, min_grounding=ctx.knobs.min_grounding):

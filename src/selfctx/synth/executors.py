@@ -1,0 +1,100 @@
+"""`--executor ray`: the same stages as the local run, as Ray tasks (a local Ray, or the cluster RAY_ADDRESS
+names). The pool stage is one task (its shards depend on each other: growth stops at the token target and
+duplicates are judged across shards); each task's sample shard is one task, all running in parallel. Each
+worker opens its own backend on the run's shared call cache, so a rerun resumes the same way and the output
+equals a local run's (every item's outcome depends only on its seed)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from selfctx.synth.corpus import PoolReport
+from selfctx.synth.filters import FilterCounts
+from selfctx.synth.pipeline import (
+    SynthConfig,
+    Throughput,
+    build_summary,
+    make_counter,
+    open_llm,
+    pool_stage,
+    run_tasks,
+    write_dataset,
+)
+
+
+def _pool_job(cfg: SynthConfig, out: str) -> dict[str, Any]:
+    llm, throughput = open_llm(cfg, Path(out)), Throughput()
+    try:
+        _, report = pool_stage(cfg, Path(out), llm, make_counter(cfg), throughput)
+        return {"report": report.to_json(), **_worker_result(llm, throughput)}
+    finally:
+        llm.close()
+
+
+def _task_job(cfg: SynthConfig, out: str, task: str) -> dict[str, Any]:
+    one = replace(cfg, tasks=(task,))
+    counter = make_counter(one)
+    pool, _ = pool_stage(one, Path(out), None, counter, Throughput())  # load the finished pool
+    llm, throughput = open_llm(one, Path(out)), Throughput()
+    try:
+        summaries = run_tasks(llm, one, Path(out), pool, counter, throughput)
+        return {"summary": summaries[task], **_worker_result(llm, throughput)}
+    finally:
+        llm.close()
+
+
+def _worker_result(llm: Any, throughput: Throughput) -> dict[str, Any]:
+    return {
+        "model": llm.model_id,
+        "stats": llm.stats.to_json(),
+        "throughput": [throughput.tokens, throughput.calls, throughput.cached],
+    }
+
+
+def run_synth_ray(
+    cfg: SynthConfig, out_dir: str | Path, *, command: str | None = None, num_cpus: int | None = None
+) -> dict[str, Any]:
+    """Run the pipeline with Ray tasks; same outputs and summary as `run_synth`."""
+    import ray
+
+    cfg.validate()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    pool_job = ray.remote(_pool_job)
+    task_job = ray.remote(_task_job)
+    pool_result = ray.get(pool_job.remote(cfg, str(out)))
+    task_results = ray.get([task_job.remote(cfg, str(out), t) for t in cfg.tasks])
+    gen_seconds = time.perf_counter() - started
+
+    results = [pool_result, *task_results]
+    stats: dict[str, Any] = {}
+    throughput = Throughput()
+    for result in results:
+        for key, value in result["stats"].items():
+            stats[key] = stats.get(key, 0) + value
+        tokens, calls, cached = result["throughput"]
+        throughput.tokens += tokens
+        throughput.calls += calls
+        throughput.cached += cached
+    report_json = pool_result["report"]
+    report = PoolReport(
+        passages=report_json["passages"],
+        tokens=report_json["tokens"],
+        shards_reused=report_json["shards_reused"],
+        shards_written=report_json["shards_written"],
+        attempted=report_json["attempted"],
+        dropped=FilterCounts(report_json["dropped"]),
+    )
+    summaries = {t: r["summary"] for t, r in zip(cfg.tasks, task_results, strict=True)}
+    summary = build_summary(
+        cfg, out, pool_result["model"], stats, report, summaries, throughput, started, gen_seconds
+    )
+    summary["executor"] = "ray"
+    write_dataset(out, cfg, summary, command)
+    return summary
