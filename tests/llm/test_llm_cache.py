@@ -145,3 +145,13 @@ def test_kill_9_midway_then_rerun_makes_only_the_missing_calls(tmp_path: Path) -
     assert len(inner.calls) == 40 - survived  # finished calls are not repeated
     assert sum(c.cached for c in out) == survived
     assert _cached_rows(tmp_path) == 40  # nothing duplicated
+
+
+def test_each_result_is_saved_as_soon_as_the_backend_returns_it(tmp_path: Path) -> None:
+    llm = CachedLLM(EchoLLM(), tmp_path)
+    seen = []
+    for i, completion in llm.generate_iter(_requests(4)):
+        seen.append(i)
+        assert completion.ok
+        assert len(llm.cache) == len(seen)  # committed before the next call starts
+    assert sorted(seen) == [0, 1, 2, 3]

@@ -193,3 +193,11 @@ def test_official_openai_client_talks_to_the_server() -> None:
     assert reply.choices[0].message.content is not None
     assert reply.choices[0].message.content.startswith("echo 3 ")
     assert reply.usage is not None and reply.usage.completion_tokens == 4
+
+
+def test_generate_iter_yields_every_index_once_as_calls_finish() -> None:
+    reqs = _reqs(10)
+    with serve_in_thread(EchoLLM(delay_s=0.01)) as server, _client(server.base_url, concurrency=3) as llm:
+        got = dict(llm.generate_iter(reqs))
+    assert sorted(got) == list(range(10))
+    assert [got[i].text for i in range(10)] == [echo_text(r) for r in reqs]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -103,6 +103,14 @@ class LLM(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         """One Completion per request, same order. Implementations batch/parallelize as they can."""
+
+    def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
+        """Yield (index into requests, Completion) as each call finishes, in any order.
+
+        The default makes one `generate` call; backends that finish calls one by one override it, so a caller
+        (e.g. the call cache) can save each result at once instead of waiting for the slowest in the batch.
+        """
+        yield from enumerate(self.generate(requests))
 
     @property
     def preferred_batch_size(self) -> int:

@@ -1,9 +1,9 @@
 """A persistent call cache in front of any backend: finished calls survive a kill -9 and are never repeated.
 
 Each completed call is stored under `ChatRequest.cache_key(model_id)`, i.e. (model, messages, sampling
-parameters incl. seed), in a SQLite file in WAL mode. Misses are sent to the backend in chunks of its
-preferred batch size and every chunk is committed at once, so a killed run loses at most the chunk in flight.
-Errored completions are not stored: the next run tries them again.
+parameters incl. seed), in a SQLite file in WAL mode. All misses go to the backend at once (so it stays
+busy) through `generate_iter`, and each result is committed as soon as the backend hands it over, so a killed
+run loses at most the calls in flight. Errored completions are not stored: the next run tries them again.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from selfctx.errors import SelfctxError
@@ -106,7 +106,6 @@ class CachedLLM(LLM):
         self.model_id = inner.model_id
         self.cache = CallCache(path)
         self._hits = 0
-        self._asked = 0
         self._lock = threading.Lock()
 
     @property
@@ -114,23 +113,29 @@ class CachedLLM(LLM):
         return self.inner.preferred_batch_size
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+        for i, completion in self.generate_iter(requests):
+            results[i] = completion
+        return [r for r in results if r is not None]
+
+    def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
         keys = [r.cache_key(self.model_id) for r in requests]
-        results: dict[str, Completion] = {
-            k: Completion(**{**c.to_json(), "cached": True}) for k, c in self.cache.get_many(keys).items()
-        }
-        hits = sum(1 for k in keys if k in results)
-        # Identical requests in one batch are generated once.
-        pending = [(k, r) for k, r in dict(zip(keys, requests, strict=True)).items() if k not in results]
-        step = max(1, self.inner.preferred_batch_size)
-        for start in range(0, len(pending), step):
-            chunk = pending[start : start + step]
-            done = self.inner.generate([r for _, r in chunk])
-            self.cache.put_many([(k, self.model_id, c) for (k, _), c in zip(chunk, done, strict=True)])
-            results.update((k, c) for (k, _), c in zip(chunk, done, strict=True))
+        positions: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            positions.setdefault(k, []).append(i)  # identical requests in one batch are generated once
+        found = self.cache.get_many(keys)
+        hits = sum(len(positions[k]) for k in found)
         with self._lock:
             self._hits += hits
-            self._asked += len(requests)
-        return [results[k] for k in keys]
+        for k, c in found.items():
+            cached = Completion(**{**c.to_json(), "cached": True})
+            for i in positions[k]:
+                yield i, cached
+        pending = [k for k in positions if k not in found]
+        for j, completion in self.inner.generate_iter([requests[positions[k][0]] for k in pending]):
+            self.cache.put_many([(pending[j], self.model_id, completion)])
+            for i in positions[pending[j]]:
+                yield i, completion
 
     @property
     def stats(self) -> BackendStats:

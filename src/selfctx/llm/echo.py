@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from selfctx.llm.base import LLM, ChatRequest, Completion
 
@@ -41,19 +41,26 @@ class EchoLLM(LLM):
         self._lock = threading.Lock()
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        started = time.perf_counter()
-        out = [self._one(r) for r in requests]
-        with self._lock:
-            self.calls.extend(requests)
-            self.stats.calls += len(requests)
-            self.stats.prompt_tokens += sum(c.prompt_tokens for c in out)
-            self.stats.completion_tokens += sum(c.completion_tokens for c in out)
-            self.stats.seconds += time.perf_counter() - started
-        return out
+        return [c for _, c in self.generate_iter(requests)]
+
+    def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
+        for i, request in enumerate(requests):
+            yield i, self._one(request)
 
     def _one(self, request: ChatRequest) -> Completion:
+        started = time.perf_counter()
         if self.delay_s:
             time.sleep(self.delay_s)
+        completion = self._answer(request)
+        with self._lock:
+            self.calls.append(request)
+            self.stats.calls += 1
+            self.stats.prompt_tokens += completion.prompt_tokens
+            self.stats.completion_tokens += completion.completion_tokens
+            self.stats.seconds += time.perf_counter() - started
+        return completion
+
+    def _answer(self, request: ChatRequest) -> Completion:
         text = self.responder(request)
         finish = "stop"
         for stop in request.sampling.stop:

@@ -8,7 +8,7 @@ which other requests share its batch. Stop strings and `max_tokens` are per row 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from selfctx.llm.base import LLM, ChatRequest, Completion
@@ -115,7 +115,13 @@ class HFLLM(LLM):
         return self.batch_size
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        started = time.perf_counter()
+        results: list[Completion | None] = [None] * len(requests)
+        for i, completion in self.generate_iter(requests):
+            results[i] = completion
+        return [r for r in results if r is not None]
+
+    def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
+        """Yields each batch's completions as soon as that batch is done."""
         prompts: list[str] = [
             self.tokenizer.apply_chat_template(  # type: ignore[misc]
                 r.as_openai_messages(), tokenize=False, add_generation_prompt=True
@@ -125,19 +131,16 @@ class HFLLM(LLM):
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         # Similar lengths share a batch, so little compute goes to padding.
         order = sorted(range(len(requests)), key=lambda i: lengths[i], reverse=True)
-        results: list[Completion | None] = [None] * len(requests)
         for start in range(0, len(order), self.batch_size):
+            started = time.perf_counter()
             idx = order[start : start + self.batch_size]
-            batch = self._batch([requests[i] for i in idx], [prompts[i] for i in idx])
-            for i, completion in zip(idx, batch, strict=True):
-                results[i] = completion
-        done = [r for r in results if r is not None]
-        self.stats.calls += len(done)
-        self.stats.errors += sum(1 for c in done if not c.ok)
-        self.stats.prompt_tokens += sum(c.prompt_tokens for c in done)
-        self.stats.completion_tokens += sum(c.completion_tokens for c in done)
-        self.stats.seconds += time.perf_counter() - started
-        return done
+            done = self._batch([requests[i] for i in idx], [prompts[i] for i in idx])
+            self.stats.calls += len(done)
+            self.stats.errors += sum(1 for c in done if not c.ok)
+            self.stats.prompt_tokens += sum(c.prompt_tokens for c in done)
+            self.stats.completion_tokens += sum(c.completion_tokens for c in done)
+            self.stats.seconds += time.perf_counter() - started
+            yield from zip(idx, done, strict=True)
 
     def _batch(self, requests: Sequence[ChatRequest], prompts: Sequence[str]) -> list[Completion]:
         import torch

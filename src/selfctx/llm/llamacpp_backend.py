@@ -11,8 +11,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from selfctx.errors import SelfctxError
@@ -78,6 +78,11 @@ class LlamaCppLLM(LLM):
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         return list(self._pool.map(self._one, requests))
+
+    def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
+        futures = {self._pool.submit(self._one, r): i for i, r in enumerate(requests)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
     def _one(self, request: ChatRequest) -> Completion:
         started = time.perf_counter()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import httpx
@@ -75,6 +75,11 @@ class OpenAICompatLLM(LLM):
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         return list(self._pool.map(self._call_with_retries, requests))
+
+    def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
+        futures = {self._pool.submit(self._call_with_retries, r): i for i, r in enumerate(requests)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
