@@ -76,6 +76,14 @@ def scripted_answer(request: ChatRequest) -> str:
     if "Name one key detail" in prompt:
         words = [w.strip(".,") for w in _passage_of(prompt).split() if w.strip(".,").isalpha() and len(w) > 4]
         return rng.choice(words)
+    if "Write only the question." in prompt:
+        text = _passage_of(prompt) or prompt
+        word = rng.choice([w.strip(".,") for w in text.split() if len(w.strip(".,")) > 4])
+        return f"What did the passage say about the {word}?"
+    if "Answer the question in one short sentence" in prompt:
+        text = prompt.split("\nQuestion:")[0]
+        sentence = rng.choice(re.split(r"(?<=\.)\s+", text.strip())[1:] or [text])
+        return " ".join(sentence.rstrip(".").split()[-4:]) + "."
     if "Question:" in prompt:
         text = _passage_of(prompt) or prompt
         sentence = rng.choice(re.split(r"(?<=\.)\s+", text.strip()))

@@ -154,8 +154,8 @@ def test_filters_count_their_drops(tmp_path: Path) -> None:
                 return "I'm sorry, but as an AI I cannot do that."
             if bucket == 1:
                 return "Here is a question without the format."
-            if bucket == 2:
-                return "Question: What is the capital of the moon?\nAnswer: Zorblax quintessence flumes"
+        if "Answer the question in one short sentence" in prompt and request.sampling.seed % 4 == 2:
+            return "Zorblax quintessence flumes."
         if prompt.startswith("Write ") and request.sampling.seed % 5 == 0 and "about" in prompt:
             return "Too short."
         return scripted_answer(request)
@@ -166,10 +166,11 @@ def test_filters_count_their_drops(tmp_path: Path) -> None:
     )
     summary = run_synth(cfg, tmp_path, llm=llm)
     qa_prompts = [r for r in llm.calls if "Write one specific question" in r.messages[-1].content]
+    answer_prompts = [r for r in llm.calls if "Answer the question in one short" in r.messages[-1].content]
     expected = {
         "refusal": sum(r.sampling.seed % 4 == 0 for r in qa_prompts),
         "malformed": sum(r.sampling.seed % 4 == 1 for r in qa_prompts),
-        "ungrounded": sum(r.sampling.seed % 4 == 2 for r in qa_prompts),
+        "ungrounded": sum(r.sampling.seed % 4 == 2 for r in answer_prompts),
     }
     dropped = summary["stages"]["tasks"]["qa"]["dropped"]
     assert {k: dropped[k] for k in expected} == expected
@@ -179,7 +180,7 @@ def test_filters_count_their_drops(tmp_path: Path) -> None:
     )
     assert summary["stages"]["pool"]["dropped"]["too_short"] == pool_short > 0
     assert summary["dropped_by_filter"]["refusal"] >= expected["refusal"]
-    passing = sum(r.sampling.seed % 4 == 3 for r in qa_prompts)
+    passing = sum(r.sampling.seed % 4 != 2 for r in answer_prompts)
     assert summary["stages"]["tasks"]["qa"]["kept"] == min(3, passing) == 3
     assert "| refusal |" in (tmp_path / "README.md").read_text()
 

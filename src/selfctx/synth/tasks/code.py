@@ -20,13 +20,20 @@ from selfctx.synth.tasks.base import BuildGen, TaskContext, failed
 from selfctx.synth.types import SampleDraft
 
 CODE_NOUN = "python code"
+# A one-line example helps a small model keep the format; its names vary by item so they are not copied.
 VARS_PROMPT = (
-    "Write one line of Python that creates two new variables with short descriptive names and assigns them "
-    "numbers. Do not use these names: {taken}. Write only the code."
+    "Write one line of Python that assigns numbers to two new variables, like:\n{example}\n"
+    "Use other names (not {taken}). Write only the code."
 )
 FUNC_PROMPT = (
-    "Write a short Python function with a descriptive name that takes two numbers and returns a number "
-    "computed from them. Do not use these names: {taken}. Write only the code."
+    "Write a short Python function that takes two numbers and returns a number, like:\n{example}\n"
+    "Use another name and formula (not {taken}). Write only the code."
+)
+VAR_EXAMPLES = ("width, height = 4, 7", "speed, time = 12, 3", "apples, pears = 5, 9", "rows, cols = 8, 2")
+FUNC_EXAMPLES = (
+    "def area(w, h):\n    return w * h",
+    "def total_cost(price, count):\n    return price * count + 2",
+    "def mean(a, b):\n    return (a + b) / 2",
 )
 SUMMARY_PROMPT = (
     "Python code:\n{code}\n\nIn one sentence, what does the function {name} compute? Write only the sentence."
@@ -165,8 +172,9 @@ def build(ctx: TaskContext) -> BuildGen:
             tree.produced_by[out], tree.inputs[out] = name, args
             tree.order.append(out)
             continue
-        prompt = (VARS_PROMPT if step == "vars" else FUNC_PROMPT).format(
-            taken=", ".join(sorted(taken)) or "none"
+        template, examples = (VARS_PROMPT, VAR_EXAMPLES) if step == "vars" else (FUNC_PROMPT, FUNC_EXAMPLES)
+        prompt = template.format(
+            example=ctx.rng.choice(examples), taken=", ".join(sorted(taken)) or "the example's"
         )
         (reply,) = yield [ctx.request(prompt, max_tokens=96 if step == "vars" else 160)]
         if drop := failed(reply):

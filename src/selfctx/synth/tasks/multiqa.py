@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from selfctx.synth.filters import Dropped, check_answer, check_text, content_words
 from selfctx.synth.nouns import draw_nouns
-from selfctx.synth.parsing import clean_passage, first_line, labeled_fields
+from selfctx.synth.parsing import clean_passage, first_line
 from selfctx.synth.tasks.base import ANSWER_INSTRUCTION, BuildGen, TaskContext, failed
+from selfctx.synth.tasks.qa import clean_answer, clean_question
 from selfctx.synth.types import SampleDraft
 
 DETAIL_PROMPT = (
@@ -15,7 +16,11 @@ DETAIL_PROMPT = (
 LINK_PROMPT = " Mention {detail}."
 QUESTION_PROMPT = (
     "Passage 1:\n{a}\n\nPassage 2:\n{b}\n\nBoth passages mention {detail}. Write one question that needs "
-    "both passages, and its short answer. Use exactly this format:\nQuestion: <question>\nAnswer: <answer>"
+    "both passages. Write only the question."
+)
+ANSWER_PROMPT = (
+    "Passage 1:\n{a}\n\nPassage 2:\n{b}\n\nQuestion: {question}\nAnswer the question in one short sentence, "
+    "using both passages."
 )
 
 
@@ -43,22 +48,25 @@ def build(ctx: TaskContext) -> BuildGen:
     (third,) = yield [ctx.request(QUESTION_PROMPT.format(a=first.text, b=text_b, detail=detail))]
     if drop := failed(third):
         return drop
-    fields = labeled_fields(third.text, ("Question", "Answer"))
-    if fields is None:
-        return Dropped("malformed", "no Question/Answer")
-    fields = {k: v.split("\n\n")[0].strip() for k, v in fields.items()}
-    if reason := check_text(fields["question"], min_words=3):
+    question = clean_question(third.text)
+    if not question.endswith("?"):
+        return Dropped("malformed", "not a question")
+    if reason := check_text(question, min_words=3):
         return Dropped(reason, "question")
+    (fourth,) = yield [ctx.request(ANSWER_PROMPT.format(a=first.text, b=text_b, question=question))]
+    if drop := failed(fourth):
+        return drop
+    answer = clean_answer(fourth.text)
     both = first.text + "\n" + text_b
-    if reason := check_answer(fields["answer"], both, min_grounding=ctx.knobs.min_grounding):
+    if reason := check_answer(answer, both, min_grounding=ctx.knobs.min_grounding):
         return Dropped(reason, "answer")
     second_passage = ctx.new_passage(noun, genre.name, text_b, "b")
     return SampleDraft(
         task="multiqa",
         relevant=(first, second_passage),
         instruction=ANSWER_INSTRUCTION,
-        question=fields["question"],
-        answer=fields["answer"],
+        question=question,
+        answer=answer,
         nouns=(first.noun, noun),
         extra={"shared_detail": detail},
     )

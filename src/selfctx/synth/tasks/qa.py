@@ -1,31 +1,47 @@
-"""Single-doc QA: the model writes one highly specific QA pair about one passage."""
+"""Single-doc QA: the model writes one highly specific QA pair about one passage.
+
+Two calls (question, then answer): SmolLM2-135M rarely writes both parts of a "Question/Answer" format in
+one reply, but follows one instruction at a time.
+"""
 
 from __future__ import annotations
 
 from selfctx.synth.filters import Dropped, check_answer, check_text
-from selfctx.synth.parsing import labeled_fields
+from selfctx.synth.parsing import first_line
 from selfctx.synth.tasks.base import ANSWER_INSTRUCTION, BuildGen, TaskContext, failed
 from selfctx.synth.types import SampleDraft
 
-QA_PROMPT = (
-    "Passage:\n{text}\n\n"
-    "Write one specific question about a detail in this passage, and its short answer. "
-    "Use exactly this format:\nQuestion: <question>\nAnswer: <answer>"
+QUESTION_PROMPT = (
+    "Passage:\n{text}\n\nWrite one specific question about a detail in this passage. Write only the question."
 )
+ANSWER_PROMPT = (
+    "Passage:\n{text}\n\nQuestion: {question}\nAnswer the question in one short sentence, using the passage."
+)
+
+
+def clean_question(text: str) -> str:
+    line = first_line(text).removeprefix("Question:").strip().strip('"')
+    return line
+
+
+def clean_answer(text: str) -> str:
+    return text.strip().split("\n\n")[0].removeprefix("Answer:").strip()
 
 
 def build(ctx: TaskContext) -> BuildGen:
     (passage,) = ctx.pick_passages(1)
-    (reply,) = yield [ctx.request(QA_PROMPT.format(text=passage.text))]
+    (reply,) = yield [ctx.request(QUESTION_PROMPT.format(text=passage.text), max_tokens=48)]
     if drop := failed(reply):
         return drop
-    fields = labeled_fields(reply.text, ("Question", "Answer"))
-    if fields is None:
-        return Dropped("malformed", "no Question/Answer")
-    # Keep the first paragraph: small models run on into a second QA pair or commentary.
-    question, answer = fields["question"].split("\n\n")[0].strip(), fields["answer"].split("\n\n")[0].strip()
+    question = clean_question(reply.text)
+    if not question.endswith("?"):
+        return Dropped("malformed", "not a question")
     if reason := check_text(question, min_words=3):
         return Dropped(reason, "question")
+    (reply,) = yield [ctx.request(ANSWER_PROMPT.format(text=passage.text, question=question))]
+    if drop := failed(reply):
+        return drop
+    answer = clean_answer(reply.text)
     if reason := check_answer(answer, passage.text, min_grounding=ctx.knobs.min_grounding):
         return Dropped(reason, "answer")
     return SampleDraft(
