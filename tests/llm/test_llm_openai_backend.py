@@ -201,3 +201,14 @@ def test_generate_iter_yields_every_index_once_as_calls_finish() -> None:
         got = dict(llm.generate_iter(reqs))
     assert sorted(got) == list(range(10))
     assert [got[i].text for i in range(10)] == [echo_text(r) for r in reqs]
+
+
+def test_api_key_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAICompatLLM("http://127.0.0.1:9/v1", "m") as llm:
+        assert "authorization" not in llm._client.headers
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+    with OpenAICompatLLM("http://127.0.0.1:9/v1", "m") as llm:
+        assert llm._client.headers["authorization"] == "Bearer from-env"
+    with OpenAICompatLLM("http://127.0.0.1:9/v1", "m", api_key="explicit") as llm:
+        assert llm._client.headers["authorization"] == "Bearer explicit"

@@ -29,6 +29,7 @@ def make_llm(
     backend: "llamacpp" (GGUF in-process; the CPU default), "hf" (transformers), "openai" (any
     OpenAI-compatible server at `base_url`), "echo" (deterministic, model-free; tests and dry runs).
     concurrency: requests in flight for openai; parallel llama.cpp instances for llamacpp; batch size for hf.
+    api_key: for openai (default: the OPENAI_API_KEY environment variable, if set).
     Extra keywords go to the backend (hf: dtype, device; llamacpp: n_ctx, n_threads).
     """
     backend = backend.lower()

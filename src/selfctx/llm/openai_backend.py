@@ -9,6 +9,7 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -62,6 +63,7 @@ class OpenAICompatLLM(LLM):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")  # the usual convention of OpenAI clients
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
