@@ -81,3 +81,28 @@ def test_needle_grid_on_smollm2(tmp_path: Path, smollm) -> None:
     # measured on this model: it finds the number in every cell of this small grid (1.0); allow one miss
     assert summary["mean_score"] >= 0.75
     assert (tmp_path / "needle" / "heatmap.png").stat().st_size > 1000
+
+
+def test_llamacpp_method_reads_the_same_tokens(tmp_path: Path) -> None:
+    from selfctx.eval.methods import LlamaCppMethod
+    from selfctx.models import embedded_gguf_path, load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    method = LlamaCppMethod(str(embedded_gguf_path()), tokenizer, name="truncate-llamacpp", n_threads=1)
+    assert method.native == 8192 and method.input_limit(32) == 8192 - 32 - 64
+    # 30 layers x 3 KV heads x 64 dims x K,V x 2 bytes (f16 cache)
+    assert method.kv_bytes_per_token == 30 * 3 * 64 * 2 * 2
+    data = tmp_path / "data"
+    write_longbench(data, "hotpotqa", [HOTPOT])
+    run_longbench(method, ["hotpotqa"], tmp_path / "out", data_dir=data)
+    row = json.loads((tmp_path / "out" / "hotpotqa.jsonl").read_text())
+    # llama.cpp parses the chat template's special tokens like the HF tokenizer does
+    assert row["input_tokens"] == len(tokenizer(row_text(tokenizer), add_special_tokens=False)["input_ids"])
+    assert row["pred"].strip()
+
+
+def row_text(tokenizer) -> str:
+    from selfctx.eval.longbench import build_request
+
+    request = build_request("hotpotqa", HOTPOT, tokenizer, 15_500).request
+    return request.head + request.tail

@@ -32,13 +32,31 @@ def _load_methods(
     dtype: str,
     device: str | None,
     batch_size: int,
-):  # type: ignore[no-untyped-def]
-    from selfctx.eval.methods import METHOD_KINDS, build_method
-    from selfctx.models import load_causal_lm
+    backend: str = "hf",
+):
+    from selfctx.eval.methods import METHOD_KINDS, LlamaCppMethod, build_method
+    from selfctx.models import load_causal_lm, load_tokenizer, resolve_model
 
     unknown = [m for m in methods if m not in METHOD_KINDS]
     if unknown:
         raise SelfctxError(f"unknown method(s) {', '.join(unknown)}: pick from {', '.join(METHOD_KINDS)}")
+    if backend == "llamacpp":
+        spec = resolve_model(model)
+        if "compressed" in methods:
+            raise SelfctxError("the compressed method runs on the transformers backend: use --backend hf")
+        tokenizer = load_tokenizer(spec)
+        return [
+            LlamaCppMethod(
+                str(spec.gguf_path),
+                tokenizer,
+                name=f"{m}-llamacpp",
+                limit="native" if m == "truncate" else None,
+                n_ctx=None if m == "truncate" else 16_384,
+            )
+            for m in methods
+        ]
+    if backend != "hf":
+        raise SelfctxError(f"unknown backend {backend!r}: use hf (transformers) or llamacpp (GGUF models)")
     lm, tokenizer = load_causal_lm(model, dtype=dtype, device=device)
     return [
         build_method(m, lm, tokenizer, experts=experts, window=window, ratio=ratio, batch_size=batch_size)
@@ -46,7 +64,7 @@ def _load_methods(
     ]
 
 
-def _write_run(folder: Path, method, extra: dict) -> None:  # type: ignore[no-untyped-def]
+def _write_run(folder: Path, method, extra: dict) -> None:
     from selfctx.eval.methods import describe
     from selfctx.fsutil import write_json_atomic
 
@@ -78,6 +96,7 @@ def longbench(
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 1,
+    backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
 ) -> None:
     """Predict LongBench with each method (resumable), score it like the official eval.py, print the table."""
     from selfctx.eval.longbench import run_longbench
@@ -93,6 +112,7 @@ def longbench(
         dtype=dtype,
         device=device,
         batch_size=batch_size,
+        backend=backend,
     ):
         folder = out / m.name
         report = run_longbench(
@@ -142,6 +162,7 @@ def needle(
     ratio: Annotated[int | None, typer.Option()] = None,
     dtype: Annotated[str, typer.Option()] = "auto",
     device: Annotated[str | None, typer.Option()] = None,
+    backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
 ) -> None:
     """Needle-in-a-haystack grid (lengths x depths): results.json and heatmap.png per method."""
     from selfctx.eval.needle import NeedleGrid, load_haystack, run_needle
@@ -167,6 +188,7 @@ def needle(
         dtype=dtype,
         device=device,
         batch_size=1,
+        backend=backend,
     ):
         folder = out / m.name
         summary = run_needle(m, text, grid, folder)

@@ -45,11 +45,11 @@ REQUIRED_FIELDS = ("input", "context", "answers")
 def official_config() -> dict[str, Any]:
     """Prompts, max new tokens and the no-chat-template list (package data)."""
     text = resources.files("selfctx.eval").joinpath("data/longbench_v1.json").read_text(encoding="utf-8")
-    return json.loads(text)  # type: ignore[no-any-return]
+    return json.loads(text)
 
 
 def prompt_template(dataset: str) -> str:
-    return official_config()["prompt"][dataset]  # type: ignore[no-any-return]
+    return official_config()["prompt"][dataset]
 
 
 def max_new_tokens(dataset: str) -> int:
@@ -116,8 +116,8 @@ def _middle_truncate(tokenizer: PreTrainedTokenizerBase, text: str, limit: int) 
     if len(ids) <= limit:
         return text, len(ids), len(ids)
     half = limit // 2
-    head = tokenizer.decode(ids[:half], skip_special_tokens=True)
-    tail = tokenizer.decode(ids[-half:], skip_special_tokens=True)
+    head = str(tokenizer.decode(ids[:half], skip_special_tokens=True))
+    tail = str(tokenizer.decode(ids[-half:], skip_special_tokens=True))
     return head + tail, 2 * half, len(ids)
 
 

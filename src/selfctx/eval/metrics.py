@@ -15,6 +15,7 @@ import string
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 Metric = Callable[[str, str, Sequence[str]], float]
 
@@ -52,7 +53,7 @@ def qa_f1(prediction: str, ground_truth: str, all_classes: Sequence[str] = ()) -
 
 
 @functools.lru_cache(maxsize=1)
-def _rouge_l_scorer():  # type: ignore[no-untyped-def]
+def _rouge_l_scorer() -> Any:
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -126,7 +127,7 @@ def _fuzz_ratio() -> Callable[[str, str], int]:
             "fuzzywuzzy is using python-Levenshtein, whose ratio differs from difflib's: "
             "`pip uninstall python-Levenshtein` for official code-similarity scores"
         )
-    return fuzz.ratio  # type: ignore[no-any-return]
+    return fuzz.ratio
 
 
 def code_similarity(prediction: str, ground_truth: str, all_classes: Sequence[str] = ()) -> float:

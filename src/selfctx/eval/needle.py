@@ -168,11 +168,11 @@ def make_task(
         values = [_value(rng, taken) for _ in keys]
         depths = [depth] + [rng.random() for _ in keys[1:]]
         asked = 1 if variant == "multi-key" else min(n_queries, n_keys)
-        names = ", ".join(keys[:asked])
+        asked_names = ", ".join(keys[:asked])
         q = (
             f"What is the special magic number for {keys[0]}?"
             if asked == 1
-            else f"What are all the special magic numbers for {names}?"
+            else f"What are all the special magic numbers for {asked_names}?"
         )
         return NeedleTask(
             [magic(k, v) for k, v in zip(keys, values, strict=True)],

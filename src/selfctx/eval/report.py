@@ -61,7 +61,7 @@ def collect_run(folder: str | Path) -> dict[str, Any]:
     if "longbench" not in run and "needle" not in run:
         raise SelfctxError(f"{folder} holds neither result.json (LongBench) nor results.json (needle)")
     memory = [float(r["memory_bytes"]) for r in rows_seen if "memory_bytes" in r]
-    run["mean_memory_bytes"] = round(_mean(memory)) if memory else None
+    run["mean_memory_bytes"] = round(_mean(memory) or 0) if memory else None
     if per_token and memory:
         # tokens the task needed = tokens given + tokens middle truncation cut away
         needed = [
