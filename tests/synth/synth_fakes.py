@@ -49,11 +49,11 @@ def _write_passage(prompt: str, rng: random.Random) -> str:
 def scripted_answer(request: ChatRequest) -> str:
     prompt = request.messages[-1].content
     rng = _rng(request)
-    if "Write one line of Python" in prompt:
+    if "Write a similar line of Python" in prompt:
         a, b = rng.sample(WORDS, 2)
         k = rng.randint(0, 99999)
         return f"```python\n{a}_{k}, {b}_{k} = {rng.randint(1, 50)}, {rng.randint(1, 50)}\n```"
-    if "Write a short Python function" in prompt:
+    if "Write a similar short Python function" in prompt:
         k = rng.randint(0, 99999)
         op = rng.choice("+-*")
         return f"def combine_{k}(x, y):\n    return x {op} y"

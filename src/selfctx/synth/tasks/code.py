@@ -22,12 +22,12 @@ from selfctx.synth.types import SampleDraft
 CODE_NOUN = "python code"
 # A one-line example helps a small model keep the format; its names vary by item so they are not copied.
 VARS_PROMPT = (
-    "Write one line of Python that assigns numbers to two new variables, like:\n{example}\n"
-    "Use other names (not {taken}). Write only the code."
+    "Python code:\n{example}\n\nWrite a similar line of Python code with two different variable names and "
+    "numbers.{taken} Write only the code."
 )
 FUNC_PROMPT = (
-    "Write a short Python function that takes two numbers and returns a number, like:\n{example}\n"
-    "Use another name and formula (not {taken}). Write only the code."
+    "Python code:\n{example}\n\nWrite a similar short Python function with a different name and "
+    "formula.{taken} Write only the code."
 )
 VAR_EXAMPLES = ("width, height = 4, 7", "speed, time = 12, 3", "apples, pears = 5, 9", "rows, cols = 8, 2")
 FUNC_EXAMPLES = (
@@ -174,7 +174,8 @@ def build(ctx: TaskContext) -> BuildGen:
             continue
         template, examples = (VARS_PROMPT, VAR_EXAMPLES) if step == "vars" else (FUNC_PROMPT, FUNC_EXAMPLES)
         prompt = template.format(
-            example=ctx.rng.choice(examples), taken=", ".join(sorted(taken)) or "the example's"
+            example=ctx.rng.choice(examples),
+            taken=f" Do not use the names {', '.join(sorted(taken))}." if taken else "",
         )
         (reply,) = yield [ctx.request(prompt, max_tokens=96 if step == "vars" else 160)]
         if drop := failed(reply):
