@@ -14,6 +14,7 @@ BENCHES: list[tuple[str, str]] = [
     ("prefill", "prefill"),
     ("assemble", "assemble"),
     ("synth-throughput", "synth_throughput"),
+    ("serve-load", "serve_load"),
 ]
 
 for verb, module_name in BENCHES:
