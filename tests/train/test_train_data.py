@@ -88,3 +88,15 @@ def test_missing_synth_folder_is_a_clear_error(tmp_path: Path) -> None:
     cfg = DataConfig(sources=[DataSource("synth", str(tmp_path / "nope"))])
     with pytest.raises(SelfctxError, match="selfctx synth"):
         build_mix(cfg, tiny_tokenizer(), seed=0)
+
+
+@pytest.mark.parametrize("name", ["train-smollm2-cpu.yaml", "train-7b-yarn.yaml"])
+def test_shipped_configs_load_and_start_with_their_command(name: str) -> None:
+    from selfctx.config import load_config
+    from selfctx.train.config import FinetuneConfig
+
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and "selfctx train --method finetune --config" in first
+    cfg = load_config(FinetuneConfig, path)
+    assert cfg.rope.type == "yarn" and cfg.data.sources

@@ -73,7 +73,7 @@ def prepare_trainable(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     )
     # A fixed seed for LoRA's random init, so every rank (and a resumed run) builds the same adapter.
     torch.manual_seed(cfg.loop.seed)
-    return get_peft_model(model, lora)  # type: ignore[arg-type]
+    return get_peft_model(model, lora)
 
 
 def base_reference(cfg: FinetuneConfig) -> tuple[str, str | None]:

@@ -26,10 +26,10 @@ class Objective(Protocol):
         ...
 
 
-def _causal_lm(model: nn.Module) -> nn.Module:
+def _causal_lm(model: nn.Module) -> Any:
     """The transformers CausalLM inside a (possibly PEFT-wrapped) model."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner  # type: ignore[no-any-return]
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
 
 
 class CausalLMObjective:
@@ -47,8 +47,8 @@ class CausalLMObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         lm = _causal_lm(model)
-        decoder = lm.get_decoder()  # type: ignore[operator]
-        head = lm.get_output_embeddings()  # type: ignore[operator]
+        decoder = lm.get_decoder()
+        head = lm.get_output_embeddings()
         hidden = decoder(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from selfctx.errors import SelfctxError
@@ -55,7 +56,7 @@ def apply_rope_scaling(model: nn.Module, rope: RopeConfig) -> dict[str, Any] | N
     """Write the scaling into model.config and rebuild the rotary modules; returns the parameters set."""
     if rope.type == "none":
         return None
-    config = model.config
+    config: Any = model.config
     params, max_positions = rope_parameters_for(config, rope)
     config.rope_parameters = params
     config.max_position_embeddings = max_positions
@@ -63,9 +64,10 @@ def apply_rope_scaling(model: nn.Module, rope: RopeConfig) -> dict[str, Any] | N
     rebuilt = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child).__name__.endswith("RotaryEmbedding") and hasattr(child, "inv_freq"):
-                fresh = type(child)(config=child.config if hasattr(child, "config") else config)
-                setattr(parent, name, fresh.to(child.inv_freq.device))
+            inv_freq = getattr(child, "inv_freq", None)
+            if type(child).__name__.endswith("RotaryEmbedding") and isinstance(inv_freq, torch.Tensor):
+                fresh = type(child)(config=getattr(child, "config", config))
+                setattr(parent, name, fresh.to(inv_freq.device))
                 rebuilt += 1
     if rebuilt == 0:
         raise SelfctxError(
