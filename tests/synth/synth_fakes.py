@@ -49,10 +49,10 @@ def _write_passage(prompt: str, rng: random.Random) -> str:
 def scripted_answer(request: ChatRequest) -> str:
     prompt = request.messages[-1].content
     rng = _rng(request)
-    if "Write a similar line of Python" in prompt:
+    if "Invent two short Python variable names" in prompt:
         a, b = rng.sample(WORDS, 2)
         k = rng.randint(0, 99999)
-        return f"```python\n{a}_{k}, {b}_{k} = {rng.randint(1, 50)}, {rng.randint(1, 50)}\n```"
+        return f"{a}_{k}, {b}_{k}"
     if "Write a similar short Python function" in prompt:
         k = rng.randint(0, 99999)
         op = rng.choice("+-*")

@@ -12,24 +12,30 @@ from __future__ import annotations
 
 import ast
 import json
+import keyword
+import random
+import re
 from dataclasses import dataclass, field
 
 from selfctx.synth.filters import Dropped, check_text
-from selfctx.synth.parsing import clean_passage, strip_code_fences
+from selfctx.synth.nouns import draw_nouns
+from selfctx.synth.parsing import clean_passage, first_line, strip_code_fences
 from selfctx.synth.tasks.base import BuildGen, TaskContext, failed
 from selfctx.synth.types import SampleDraft
 
 CODE_NOUN = "python code"
 # A one-line example helps a small model keep the format; its names vary by item so they are not copied.
+# The model invents the variables' names; the policy initializes them with numbers (SmolLM2-135M rarely
+# writes a bare assignment line when asked, but names quantities reliably).
 VARS_PROMPT = (
-    "Python code:\n{example}\n\nWrite a similar line of Python code with two different variable names and "
-    "numbers.{taken} Write only the code."
+    "Invent two short Python variable names for quantities about {noun}, like: {example}.{taken} "
+    "Write only the two names, separated by a comma."
 )
 FUNC_PROMPT = (
     "Python code:\n{example}\n\nWrite a similar short Python function with a different name and "
     "formula.{taken} Write only the code."
 )
-VAR_EXAMPLES = ("width, height = 4, 7", "speed, time = 12, 3", "apples, pears = 5, 9", "rows, cols = 8, 2")
+VAR_EXAMPLES = ("width, height", "speed, duration", "apple_count, pear_count", "row_total, col_total")
 FUNC_EXAMPLES = (
     "def area(w, h):\n    return w * h",
     "def total_cost(price, count):\n    return price * count + 2",
@@ -112,6 +118,26 @@ def parse_vars(code: str, taken: set[str]) -> tuple[str, list[str]] | None:
     return "\n".join(kept_lines), names
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]*")
+
+
+def invented_vars(text: str, taken: set[str], rng: random.Random) -> tuple[str, list[str]] | None:
+    """An assignment line for the (up to two) variable names the model invented, with numbers from rng."""
+    names: list[str] = []
+    for raw in first_line(text).split(","):
+        match = _NAME.search(raw.strip().strip("`'\""))
+        if not match:
+            continue
+        name = re.sub(r"\s+", "_", match.group(0).strip()).lower()
+        if name.isidentifier() and not keyword.iskeyword(name) and name not in taken and name not in names:
+            names.append(name)
+    names = names[:2]
+    if not names:
+        return None
+    values = [str(rng.randint(1, 99)) for _ in names]
+    return f"{', '.join(names)} = {', '.join(values)}", names
+
+
 def _parse_prefix(code: str) -> ast.Module | None:
     """The AST of the longest prefix of whole lines that parses (models often trail off mid-statement)."""
     lines = code.splitlines()
@@ -175,6 +201,7 @@ def build(ctx: TaskContext) -> BuildGen:
         template, examples = (VARS_PROMPT, VAR_EXAMPLES) if step == "vars" else (FUNC_PROMPT, FUNC_EXAMPLES)
         prompt = template.format(
             example=ctx.rng.choice(examples),
+            noun=draw_nouns(ctx.rng, 1)[0],
             taken=f" Do not use the names {', '.join(sorted(taken))}." if taken else "",
         )
         (reply,) = yield [ctx.request(prompt, max_tokens=96 if step == "vars" else 160)]
@@ -182,7 +209,7 @@ def build(ctx: TaskContext) -> BuildGen:
             return drop
         code = strip_code_fences(reply.text).strip()
         if step == "vars":
-            parsed_vars = parse_vars(code, taken)
+            parsed_vars = parse_vars(code, taken) or invented_vars(code, taken, ctx.rng)
             if parsed_vars is None:
                 return Dropped("malformed", "variables step")
             for var in parsed_vars[1]:
