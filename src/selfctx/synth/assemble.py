@@ -94,7 +94,7 @@ class _HeaderCosts:
     def _ensure(self, n: int) -> None:
         while len(self._prefix) <= n:
             start = len(self._prefix)
-            stop = max(n + 1, 2 * start)
+            stop = min(max(n + 1, 2 * start), start + 2048)  # small batches: Encoding objects are heavy
             counts = self._counter.count_batch([passage_header(i) for i in range(start, stop)])
             for c in counts:
                 self._prefix.append(self._prefix[-1] + c)
