@@ -151,3 +151,15 @@ def _flat(data: dict, prefix: str = "") -> dict:
         elif value is not None:
             out[f"{prefix}{key}"] = json.dumps(value)  # YAML reads JSON
     return out
+
+
+def test_tensorboard_logging_is_optional_and_says_how_to_enable(tmp_path: Path, synth_dir: Path) -> None:
+    import importlib.util
+
+    cfg = tiny_cfg(tmp_path / "tb", synth_dir, "loop.tensorboard=true", "loop.max_steps=1")
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(SelfctxError, match="pip install tensorboard"):
+            run_finetune(cfg)
+    else:
+        run_finetune(cfg)
+        assert any((tmp_path / "tb" / "tensorboard").iterdir())

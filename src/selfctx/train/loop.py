@@ -205,6 +205,7 @@ class Trainer:
         if bar is not None:
             bar.update(step)
         log = (self.output_dir / LOG_FILE).open("a", encoding="utf-8") if self.dist.is_main else None
+        board = _tensorboard(self.output_dir) if cfg.tensorboard and self.dist.is_main else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
@@ -234,6 +235,9 @@ class Trainer:
                     }
                     log.write(json.dumps(row) + "\n")
                     log.flush()
+                    if board is not None:
+                        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "memory_mb"):
+                            board.add_scalar(f"train/{key}", row[key], step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / elapsed:.0f}")
                     bar.update(1)
@@ -257,4 +261,16 @@ class Trainer:
                 bar.close()
             if log is not None:
                 log.close()
+            if board is not None:
+                board.close()
         return TrainResult(step=step, losses=losses, resumed_from=int(state["step"]) if state else None)
+
+
+def _tensorboard(output_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SelfctxError(
+            "loop.tensorboard=true needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))
