@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -38,7 +38,7 @@ class RecordingLLM(LLM):
         return self.inner.generate(requests)
 
     @property
-    def stats(self):  # type: ignore[no-untyped-def, override]
+    def stats(self):
         return self.inner.stats
 
     @stats.setter
@@ -72,7 +72,7 @@ def command(
     from selfctx.synth.pipeline import SynthConfig, parse_tasks, run_synth
     from selfctx.synth.tasks.base import Knobs
 
-    kw = {"n_threads": threads} if threads and backend == "llamacpp" else {}
+    kw: dict[str, Any] = {"n_threads": threads} if threads and backend == "llamacpp" else {}
     inner = make_llm(backend, model, base_url=base_url, concurrency=concurrency, **kw)
     recorder = RecordingLLM(inner)
     cfg = SynthConfig(

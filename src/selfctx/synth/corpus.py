@@ -10,20 +10,20 @@ the pool is the same whatever the batching, and a shard's passages are filtered 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
-from selfctx.llm.base import LLM, Completion
+from selfctx.llm.base import LLM, ChatRequest, Completion
 from selfctx.synth.filters import Dropped, FilterCounts, check_text, normalized_hash
 from selfctx.synth.nouns import draw_nouns
 from selfctx.synth.parsing import clean_passage
 from selfctx.synth.scheduler import run_builders
 from selfctx.synth.seeds import derive_seed
-from selfctx.synth.tasks.base import BuildGen, CountsTokens, Knobs, TaskContext, failed
+from selfctx.synth.tasks.base import CountsTokens, Knobs, TaskContext, failed
 from selfctx.synth.types import Passage
 
 POOL_META = "pool.json"
@@ -49,7 +49,7 @@ class PoolReport:
         }
 
 
-def passage_builder(ctx: TaskContext) -> BuildGen:
+def passage_builder(ctx: TaskContext) -> Generator[list[ChatRequest], list[Completion], Passage | Dropped]:
     (noun,) = draw_nouns(ctx.rng, 1)
     genre = ctx.genre()
     prompt = ctx.passage_prompt(noun, genre)
@@ -182,14 +182,17 @@ def _write_shard(
     indices = iter(range(shard * shard_size, (shard + 1) * shard_size))
     outcomes: dict[int, Passage | Dropped] = {}
 
-    def next_builder() -> tuple[int, BuildGen] | None:
+    def next_builder() -> tuple[int, Any] | None:
         i = next(indices, None)
         if i is None:
             return None
         ctx = TaskContext("pool", i, derive_seed(seed, "pool", i), (), counter, knobs)
         return i, passage_builder(ctx)
 
-    run_builders(llm, next_builder, outcomes.__setitem__, on_batch=on_batch, max_in_flight=max_in_flight)
+    def on_done(key: Hashable, outcome: Passage | Dropped) -> None:
+        outcomes[int(key)] = outcome  # type: ignore[call-overload]
+
+    run_builders(llm, next_builder, on_done, on_batch=on_batch, max_in_flight=max_in_flight)
     kept: list[Passage] = []
     dropped = FilterCounts()
     for i in sorted(outcomes):  # filter in index order: independent of completion order

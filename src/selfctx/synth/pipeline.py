@@ -277,8 +277,12 @@ def open_llm(cfg: SynthConfig, out: Path) -> LLM:
         timeout=cfg.timeout,
         max_retries=cfg.max_retries,
         cache_dir=out / "cache",
-        **({"n_threads": cfg.threads} if cfg.threads and cfg.backend == "llamacpp" else {}),
+        **_backend_kwargs(cfg.backend, cfg.threads),
     )
+
+
+def _backend_kwargs(backend: str, threads: int | None) -> dict[str, Any]:
+    return {"n_threads": threads} if threads and backend == "llamacpp" else {}
 
 
 def pool_stage(
