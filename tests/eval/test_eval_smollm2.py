@@ -67,13 +67,18 @@ def test_compressed_method_runs_through_the_same_runner(tmp_path: Path, smollm) 
     assert isinstance(row["pred"], str)
 
 
-def test_needle_grid_on_smollm2(tmp_path: Path, smollm) -> None:
-    model, tokenizer = smollm
+def test_needle_grid_on_smollm2(tmp_path: Path) -> None:
+    # through llama.cpp (the same embedded GGUF): ~5x faster than transformers on this CPU
+    from selfctx.eval.methods import LlamaCppMethod
+    from selfctx.models import embedded_gguf_path, load_tokenizer
+
     haystack = " ".join(
         f"The village of {name} grew barley and kept {i} goats near the old mill."
         for i, name in enumerate(["Arden", "Belmont", "Corwin", "Dalby", "Elstow"] * 30)
     )
-    method = build_method("truncate", model, tokenizer)
+    method = LlamaCppMethod(
+        str(embedded_gguf_path()), load_tokenizer("smollm2-135m"), name="truncate-llamacpp", n_threads=1
+    )
     grid = nd.NeedleGrid(lengths=(200, 400), depths=(0.0, 1.0), variant="single")
     summary = nd.run_needle(method, haystack, grid, tmp_path / "needle")
     rows = [json.loads(line) for line in (tmp_path / "needle" / "needle.jsonl").read_text().splitlines()]
