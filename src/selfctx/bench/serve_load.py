@@ -174,7 +174,13 @@ def command(
                 "batches": worker.batches,
             }
         )
-        typer.echo(f"  {scenario}: done in {wall:.1f}s", err=True)
+        r = rows[-1]  # printed at once too, so a run cut short still reports its finished scenarios
+        typer.echo(
+            f"  {scenario}: p50 {r['p50']:.2f}s p90 {r['p90']:.2f}s p99 {r['p99']:.2f}s, "
+            f"{r['req_s']:.2f} req/s, "
+            f"wall {wall:.1f}s, {r['compressions']} compressions, max batch {r['max_batch']}",
+            err=True,
+        )
     header = (
         f"{'scenario':<16}{'requests':>9}{'p50 s':>9}{'p90 s':>9}{'p99 s':>9}{'max s':>9}{'req/s':>9}"
         f"{'tok/s':>9}{'wall s':>9}{'compress':>10}{'batches':>9}{'max batch':>10}"

@@ -279,9 +279,9 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         body = await read_body(raw, ContextBody)
         job = Job(mode=body.mode, context=body.text, question=None)
         context_id = worker.key_for(body.mode, body.text)
-        contexts.add(context_id, body.text)
         events, report = await start(job)
         release()
+        contexts.add(context_id, body.text)  # only once it compressed: a refused text gets no id
         return {"id": context_id, "object": "context", "mode": body.mode, "selfctx": report.to_json()}
 
     @app.post("/v1/chat/completions")
