@@ -192,10 +192,10 @@ def command(
             f"{r['max']:>9.2f}{r['req_s']:>9.2f}{r['tok_s']:>9.1f}{r['wall']:>9.1f}{r['compressions']:>10}"
             f"{r['batches']:>9}{r['max_batch']:>10}"
         )
-    base = next((r for r in rows if r["scenario"] == "shared-noreuse"), None)
+    baseline = next((r for r in rows if r["scenario"] == "shared-noreuse"), None)
     shared = next((r for r in rows if r["scenario"] == "shared"), None)
-    if base and shared:
+    if baseline and shared:
         typer.echo(
-            f"memory reuse: x{base['wall'] / shared['wall']:.1f} throughput, p50 latency "
-            f"{base['p50']:.2f}s -> {shared['p50']:.2f}s against compressing per request"
+            f"memory reuse: x{baseline['wall'] / shared['wall']:.1f} throughput, p50 latency "
+            f"{baseline['p50']:.2f}s -> {shared['p50']:.2f}s against compressing per request"
         )
