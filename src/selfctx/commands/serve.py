@@ -88,6 +88,8 @@ def command(
     )
     try:
         server.run()  # SIGINT/SIGTERM: stop accepting, let in-flight requests finish (up to 60 s)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the shutdown was orderly: exit 0
+        pass
     finally:
         app.state.worker.stop()
         typer.echo("selfctx serve: stopped", err=True)
