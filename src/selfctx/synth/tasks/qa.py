@@ -6,11 +6,13 @@ one reply, but follows one instruction at a time.
 
 from __future__ import annotations
 
-from selfctx.synth.filters import Dropped, check_answer, check_text
+from selfctx.synth.filters import Dropped, check_answer, check_text, grounding
 from selfctx.synth.parsing import first_line
 from selfctx.synth.tasks.base import ANSWER_INSTRUCTION, BuildGen, TaskContext, failed
 from selfctx.synth.types import SampleDraft
 
+# A question must name something in its passage: a quarter of its content words at least.
+MIN_QUESTION_GROUNDING = 0.25
 QUESTION_PROMPT = (
     "Passage:\n{text}\n\nWrite one specific question about a detail in this passage. Write only the question."
 )
@@ -38,6 +40,8 @@ def build(ctx: TaskContext) -> BuildGen:
         return Dropped("malformed", "not a question")
     if reason := check_text(question, min_words=3):
         return Dropped(reason, "question")
+    if grounding(question, passage.text) < MIN_QUESTION_GROUNDING:  # e.g. "What is a detail of the passage?"
+        return Dropped("ungrounded", "question")
     (reply,) = yield [ctx.request(ANSWER_PROMPT.format(text=passage.text, question=question))]
     if drop := failed(reply):
         return drop
