@@ -115,7 +115,8 @@ def _build(cls: type[C], data: dict[str, Any], where: str) -> C:
             f"unknown config key {prefix}{unknown[0]}: valid keys here are {', '.join(sorted(fields))}"
         )
     kwargs = {
-        name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in data.items()
+        name: _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        for name, value in data.items()
     }
     try:
         return cls(**kwargs)

@@ -40,7 +40,9 @@ class ModelSpec:
     @property
     def gguf_path(self) -> Path:
         if self.gguf_file is None:
-            raise SelfctxError(f"model {self.name} is not a GGUF file: the llamacpp backend needs a .gguf model")
+            raise SelfctxError(
+                f"model {self.name} is not a GGUF file: the llamacpp backend needs a .gguf model"
+            )
         return Path(self.folder) / self.gguf_file
 
 
@@ -110,8 +112,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise SelfctxError(f"dtype {dtype!r} is not one of {', '.join(table)} or auto")
     return table[dtype]

@@ -19,6 +19,7 @@ def tiny_llama_config(
     intermediate_size: int = 128,
     max_position_embeddings: int = 1024,
     rope_theta: float = 10000.0,
+    initializer_range: float = 0.02,
 ) -> LlamaConfig:
     """A Llama config small enough that a forward pass takes milliseconds on CPU (GQA like SmolLM2)."""
     from transformers import LlamaConfig
@@ -32,6 +33,7 @@ def tiny_llama_config(
         num_key_value_heads=kv_heads,
         max_position_embeddings=max_position_embeddings,
         rope_theta=rope_theta,
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,
@@ -40,7 +42,7 @@ def tiny_llama_config(
 
 
 def tiny_llama(
-    seed: int = 0, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa", **config_kwargs: int
+    seed: int = 0, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa", **config_kwargs: float
 ) -> LlamaForCausalLM:
     """A randomly initialised tiny Llama in eval mode; the same seed gives the same weights."""
     import torch
@@ -66,7 +68,8 @@ TINY_CHAT_TEMPLATE = (
 def tiny_tokenizer() -> PreTrainedTokenizerBase:
     """A byte-level tokenizer (every byte one token, no merges) with ChatML specials, built in code.
 
-    Pairs with `tiny_llama(vocab_size=TINY_TOKENIZER_VOCAB)` so text-level code paths (chat templates, padding,
+    Pairs with `tiny_llama(vocab_size=TINY_TOKENIZER_VOCAB)` so text-level code paths (chat templates,
+    padding,
     batched generation, servers) can be tested without any download.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -79,7 +82,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(TINY_SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
         unk_token=None,
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE

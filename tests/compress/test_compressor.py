@@ -33,7 +33,7 @@ def ids_of(batch: int, n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, 256, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
-# (a) ---------------------------------------------------------------------------------------------------------
+# (a) -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_input_shorter_than_a_window_matches_the_base_model(dtype, tol):
     lm = make_lm(dtype=dtype)
@@ -45,7 +45,7 @@ def test_input_shorter_than_a_window_matches_the_base_model(dtype, tol):
     assert torch.allclose(ours, base, atol=tol, rtol=0), (ours - base).abs().max()
 
 
-# (b) ---------------------------------------------------------------------------------------------------------
+# (b) -----------------------------------------------------------------------------------------------
 def test_swapping_memory_only_experts_leaves_first_window_unchanged():
     lm = make_lm(ratios=(4, 8))
     randomize(lm.battery, 2)
@@ -66,7 +66,7 @@ def test_lora_everywhere_switch_changes_ordinary_tokens():
         assert (lm.logits(ids, 4) - lm.model(ids).logits).abs().max() > 1e-3
 
 
-# (c) ---------------------------------------------------------------------------------------------------------
+# (c) -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_tokens,ratio", [(16, 2), (100, 4), (257, 8), (513, 2)])
 def test_memory_stays_within_n_over_r_plus_window(n_tokens, ratio):
     lm = make_lm(ratios=(2, 4, 8))
@@ -77,7 +77,7 @@ def test_memory_stays_within_n_over_r_plus_window(n_tokens, ratio):
     assert memory.tail_ids.numel() == n_tokens % WINDOW
 
 
-# (d) ---------------------------------------------------------------------------------------------------------
+# (d) -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["lora", "mha_clone"])
 def test_gradients_reach_only_the_chosen_expert(kind):
     lm = make_lm(ratios=(4, 8), kind=kind)
@@ -112,7 +112,7 @@ def test_training_loss_matches_logits_path():
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
-# (e) ---------------------------------------------------------------------------------------------------------
+# (e) -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["lora", "mha_clone"])
 def test_battery_save_load_roundtrip(tmp_path, kind):
     lm = make_lm(ratios=(2, 8), kind=kind)
@@ -150,7 +150,7 @@ def test_memory_save_load_gives_identical_generation(tmp_path):
     assert second.memory_reused and second.expert == "lora-r4"
 
 
-# (f) ---------------------------------------------------------------------------------------------------------
+# (f) -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("pattern", ["full-coverage", "segmentation", "step-expansion"])
 def test_grouping_windows_does_not_change_the_result(pattern):
     lm = make_lm(ratios=(4,))
@@ -200,7 +200,9 @@ def test_windows_match_hf_forward_with_memory_as_past_key_values():
             raw = reference.model.embed_tokens(ids[:, w * WINDOW : (w + 1) * WINDOW])
             embeds = torch.cat([raw, adapter.memory_embedding.expand(1, n, -1)], dim=1)
             positions = torch.arange(m, m + WINDOW + n)[None]
-            out = reference(inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True)
+            out = reference(
+                inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True
+            )
             expected.append(out.logits[:, :WINDOW])
             cos_new, sin_new = reference.model.rotary_emb(raw, positions[:, WINDOW:])
             for layer in range(layers):
@@ -209,10 +211,12 @@ def test_windows_match_hf_forward_with_memory_as_past_key_values():
                 memory_k[layer] = torch.cat([memory_k[layer], k_pre], dim=2)
                 memory_v[layer] = torch.cat([memory_v[layer], cache.layers[layer].values[:, :, -n:]], dim=2)
         ours = lm.logits(ids, ratio, group_windows=3)
-    assert torch.allclose(ours, torch.cat(expected, dim=1), atol=1e-4), (ours - torch.cat(expected, 1)).abs().max()
+    assert torch.allclose(ours, torch.cat(expected, dim=1), atol=1e-4), (
+        (ours - torch.cat(expected, 1)).abs().max()
+    )
 
 
-# router ------------------------------------------------------------------------------------------------------
+# router --------------------------------------------------------------------------------------------
 def test_router_picks_smallest_ratio_that_fits():
     ratios = (2, 4, 8, 16)
     assert route(500, 100, 1024, 256, ratios).ratio == 1  # fits natively: nothing compressed
@@ -232,7 +236,7 @@ def test_router_error_names_the_longest_supported_input():
         route(longest + 1, 100, 1024, 256, (2, 4))
 
 
-# text API ----------------------------------------------------------------------------------------------------
+# text API ------------------------------------------------------------------------------------------
 def text_lm(native: int = 512) -> CompressedLM:
     model = tiny_llama(vocab_size=TINY_TOKENIZER_VOCAB)
     battery = ExpertBattery.create(model, (2, 4, 8))
@@ -255,7 +259,7 @@ def test_generate_with_short_context_equals_hf_generate():
     tok = lm.tokenizer
     head, tail = lm.split_chat("a short context", "question?")
     ids = tok(head + tail, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    expected = lm.model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
+    expected = lm.model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None)[0, ids.shape[1] :]
     ours = lm.generate(context="a short context", prompt="question?", max_new_tokens=6)
     assert ours.ratio == 1 and ours.expert is None
     got = tok(ours.text, add_special_tokens=False)["input_ids"]

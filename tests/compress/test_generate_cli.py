@@ -23,8 +23,22 @@ def test_generate_compresses_a_file_saves_and_reuses_memory(tmp_path, tiny_folde
     context = tmp_path / "context.txt"
     context.write_text("Lorem ipsum dolor sit amet. " * 40)
     runner = CliRunner()
-    args = ["generate", "--model", str(tiny_folder), "--window", "32", "--native-context", "256",
-            "--prompt", "Summarize.", "--max-new-tokens", "5", "--dtype", "float32", "--json"]
+    args = [
+        "generate",
+        "--model",
+        str(tiny_folder),
+        "--window",
+        "32",
+        "--native-context",
+        "256",
+        "--prompt",
+        "Summarize.",
+        "--max-new-tokens",
+        "5",
+        "--dtype",
+        "float32",
+        "--json",
+    ]
     first = runner.invoke(app, [*args, "--context", str(context), "--save-memory", str(tmp_path / "mem")])
     assert first.exit_code == 0, first.output
     result = json.loads(first.stdout)
@@ -37,7 +51,9 @@ def test_generate_compresses_a_file_saves_and_reuses_memory(tmp_path, tiny_folde
 
 
 def test_generate_rejects_missing_context(tmp_path, tiny_folder):
-    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_folder), "--prompt", "x",
-                                      "--context", str(tmp_path / "nope.txt")])
+    result = CliRunner().invoke(
+        app,
+        ["generate", "--model", str(tiny_folder), "--prompt", "x", "--context", str(tmp_path / "nope.txt")],
+    )
     assert result.exit_code != 0
     assert "does not exist" in str(result.exception)

@@ -14,18 +14,22 @@ pytestmark = pytest.mark.slow
 def lm():
     from selfctx.compress import CompressedLM
 
-    return CompressedLM.from_pretrained("smollm2-135m", window=512, ratios=(4, 8), dtype="float32", device="cpu")
+    return CompressedLM.from_pretrained(
+        "smollm2-135m", window=512, ratios=(4, 8), dtype="float32", device="cpu"
+    )
 
 
 def test_short_input_matches_the_base_model(lm):
-    ids = lm.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt")["input_ids"]
+    ids = lm.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt")[
+        "input_ids"
+    ]
     with torch.no_grad():
         assert torch.allclose(lm.logits(ids, ratio=8), lm.model(ids).logits, atol=1e-4)
 
 
 def test_long_input_runs_end_to_end_in_bounded_memory(lm):
     text = " ".join(f"Item {i} is a {['red', 'green', 'blue'][i % 3]} box." for i in range(800))
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:4 * 512 + 100]
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][: 4 * 512 + 100]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     memory = lm.compress(ids, ratio=8)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024

@@ -54,9 +54,14 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from selfctx.compress import CompressedLM
 
     torch.manual_seed(0)
-    lm = CompressedLM.from_pretrained(spec["model"], window=spec["window"], ratios=(spec["ratio"],),
-                                      native_context=spec.get("native_context"), dtype=spec["dtype"],
-                                      device=spec["device"])
+    lm = CompressedLM.from_pretrained(
+        spec["model"],
+        window=spec["window"],
+        ratios=(spec["ratio"],),
+        native_context=spec.get("native_context"),
+        dtype=spec["dtype"],
+        device=spec["device"],
+    )
     ids = _text_ids(lm.tokenizer, spec.get("text"), spec["tokens"])
     tensor = torch.tensor([ids], device=lm.device)
     cuda = lm.device.type == "cuda"
@@ -76,16 +81,26 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             )
         else:
             memory = lm.compress(ids, ratio=spec["ratio"])
-            per_token = 2 * len(memory.layers) * memory.layers[0].keys.shape[1] * memory.layers[0].keys.shape[3]
-            kv_bytes = memory.nbytes + int(memory.tail_ids.numel()) * per_token * lm.parts.embed_tokens.weight.element_size()
+            per_token = (
+                2 * len(memory.layers) * memory.layers[0].keys.shape[1] * memory.layers[0].keys.shape[3]
+            )
+            kv_bytes = (
+                memory.nbytes
+                + int(memory.tail_ids.numel()) * per_token * lm.parts.embed_tokens.weight.element_size()
+            )
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib()
     return {
-        "method": spec["method"], "tokens": spec["tokens"], "seconds": seconds,
-        "tokens_per_s": spec["tokens"] / seconds, "peak_mib_above_model": max(0.0, peak - base_mem),
-        "kv_mib": kv_bytes / 2**20, "device": str(lm.device), "dtype": str(lm.parts.embed_tokens.weight.dtype),
+        "method": spec["method"],
+        "tokens": spec["tokens"],
+        "seconds": seconds,
+        "tokens_per_s": spec["tokens"] / seconds,
+        "peak_mib_above_model": max(0.0, peak - base_mem),
+        "kv_mib": kv_bytes / 2**20,
+        "device": str(lm.device),
+        "dtype": str(lm.parts.embed_tokens.weight.dtype),
         "threads": torch.get_num_threads(),
     }
 
@@ -126,25 +141,41 @@ def command(
     rows = []
     typer.echo(f"{'method':<11}{'tokens':>8}{'seconds':>10}{'tok/s':>10}{'peak MiB':>10}{'KV MiB':>9}")
     for method, n in plan:
-        spec = {"model": model, "method": method, "tokens": n, "window": window, "ratio": ratio, "text": text,
-                "dtype": dtype, "device": device, "native_context": max(n + 64, 8192)}
+        spec = {
+            "model": model,
+            "method": method,
+            "tokens": n,
+            "window": window,
+            "ratio": ratio,
+            "text": text,
+            "dtype": dtype,
+            "device": device,
+            "native_context": max(n + 64, 8192),
+        }
         proc = subprocess.run(
             [sys.executable, "-m", "selfctx", "bench", "prefill", "--worker", json.dumps(spec)],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
-            raise SelfctxError(f"{method} prefill at {n} tokens failed: {proc.stderr.strip().splitlines()[-1]}")
+            raise SelfctxError(
+                f"{method} prefill at {n} tokens failed: {proc.stderr.strip().splitlines()[-1]}"
+            )
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        typer.echo(f"{method:<11}{n:>8}{row['seconds']:>10.1f}{row['tokens_per_s']:>10.1f}"
-                   f"{row['peak_mib_above_model']:>10.0f}{row['kv_mib']:>9.1f}")
+        typer.echo(
+            f"{method:<11}{n:>8}{row['seconds']:>10.1f}{row['tokens_per_s']:>10.1f}"
+            f"{row['peak_mib_above_model']:>10.0f}{row['kv_mib']:>9.1f}"
+        )
     typer.echo("\nratio compressed / full (same length):")
     for n in both:
         full = next(r for r in rows if r["method"] == "full" and r["tokens"] == n)
         comp = next(r for r in rows if r["method"] == "compressed" and r["tokens"] == n)
-        typer.echo(f"  {n:>6} tokens: throughput x{comp['tokens_per_s'] / full['tokens_per_s']:.2f}, "
-                   f"KV memory x{comp['kv_mib'] / full['kv_mib']:.3f}, "
-                   f"peak memory x{comp['peak_mib_above_model'] / max(1e-9, full['peak_mib_above_model']):.2f}")
+        typer.echo(
+            f"  {n:>6} tokens: throughput x{comp['tokens_per_s'] / full['tokens_per_s']:.2f}, "
+            f"KV memory x{comp['kv_mib'] / full['kv_mib']:.3f}, "
+            f"peak memory x{comp['peak_mib_above_model'] / max(1e-9, full['peak_mib_above_model']):.2f}"
+        )
     if out is not None:
         from selfctx.fsutil import write_json_atomic
 

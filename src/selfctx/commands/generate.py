@@ -14,23 +14,37 @@ from selfctx.errors import SelfctxError
 def command(
     prompt: Annotated[str, typer.Option(help="The question or instruction, asked after the context.")],
     context: Annotated[Path | None, typer.Option(help="A text file with the long context.")] = None,
-    memory: Annotated[Path | None, typer.Option(help="A memory folder saved earlier (instead of --context).")] = None,
-    save_memory: Annotated[Path | None, typer.Option(help="Save the compressed context here for reuse.")] = None,
-    model: Annotated[str, typer.Option(help="Base model: smollm2-135m, a .gguf file, an HF folder or id.")] = (
-        "smollm2-135m"
-    ),
-    experts: Annotated[Path | None, typer.Option(help="Expert folder from `selfctx train`. Without it, "
-                                                 "untrained experts are used (memory read through base weights).")
-                       ] = None,
-    window: Annotated[int, typer.Option(help="Tokens per window.")] = 1024,
-    native_context: Annotated[int | None, typer.Option(help="Usable native context (default: the model's).")
-                              ] = None,
-    ratio: Annotated[int | None, typer.Option(help="Force a compression ratio instead of routing by length.")
-                     ] = None,
+    memory: Annotated[
+        Path | None, typer.Option(help="A memory folder saved earlier (instead of --context).")
+    ] = None,
+    save_memory: Annotated[
+        Path | None, typer.Option(help="Save the compressed context here for reuse.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Base model: smollm2-135m, a .gguf file, an HF folder or id.")
+    ] = ("smollm2-135m"),
+    experts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Expert folder from `selfctx train`. Without it, "
+            "untrained experts are used (memory read through base weights)."
+        ),
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Tokens per window (default: the experts' trained window, else 1024).")
+    ] = None,
+    native_context: Annotated[
+        int | None, typer.Option(help="Usable native context (default: the model's).")
+    ] = None,
+    ratio: Annotated[
+        int | None, typer.Option(help="Force a compression ratio instead of routing by length.")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda if available)")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda if available)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
     """Generate with a compressed context; prints the answer and which expert read it."""
@@ -42,17 +56,22 @@ def command(
         raise SelfctxError(f"context file {context} does not exist")
     if experts is not None and not experts.is_dir():
         raise SelfctxError(f"expert folder {experts} does not exist: pass the folder `selfctx train` wrote")
-    lm = CompressedLM.from_pretrained(model, experts=experts, window=window, native_context=native_context,
-                                      dtype=dtype, device=device)
+    lm = CompressedLM.from_pretrained(
+        model, experts=experts, window=window, native_context=native_context, dtype=dtype, device=device
+    )
     if memory is not None:
         compressed = Memory.load(memory, device=lm.device)
     else:
         assert context is not None
-        budget = len(lm.tokenizer(prompt)["input_ids"]) + max_new_tokens + 16 if lm.tokenizer else max_new_tokens
+        budget = (
+            len(lm.tokenizer(prompt)["input_ids"]) + max_new_tokens + 16 if lm.tokenizer else max_new_tokens
+        )
         compressed = lm.compress(context.read_text(encoding="utf-8"), ratio=ratio, budget=budget)
     if save_memory is not None:
         compressed.save(save_memory)
-    result = lm.generate(memory=compressed, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature)
+    result = lm.generate(
+        memory=compressed, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature
+    )
     result.memory_reused = memory is not None
     if as_json:
         typer.echo(json.dumps(result.__dict__, indent=2))

@@ -28,7 +28,10 @@ def command(
     native_context: Annotated[
         int | None, typer.Option(help="Usable native context (default: the model's).")
     ] = None,
-    window: Annotated[int, typer.Option(help="Tokens per compression window.")] = 1024,
+    window: Annotated[
+        int | None,
+        typer.Option(help="Tokens per compression window (default: the experts' trained window, else 1024)."),
+    ] = None,
     memory_budget_mb: Annotated[float, typer.Option(help="RAM for compressed memories (LRU).")] = 1024.0,
     memory_dir: Annotated[
         Path | None, typer.Option(help="Persist memories here; other processes reuse them.")

@@ -1,45 +1,95 @@
-"""`selfctx train`: fine-tune a model for long contexts (issue #8) with the shared training loop.
+"""`selfctx train`: compression experts (issue #4) or long-context fine-tuning (issue #8), one shared loop.
 
+    selfctx train --method experts --preset smollm2-cpu
+    selfctx train --method experts --preset smollm2-cpu --config configs/experts-nosynth.yaml  # a variant
     selfctx train --method finetune --config configs/train-smollm2-cpu.yaml --set loop.max_steps=10
-    torchrun --nproc_per_node 2 -m selfctx train --method finetune --config ...   # data parallel
+    torchrun --nproc_per_node 2 -m selfctx train --method experts --preset ...   # data parallel
 
-Rerunning the same command resumes from the latest checkpoint in loop.output_dir.
+A preset is a packaged YAML (selfctx/train/presets/<method>-<name>.yaml); --config is applied on top of it and
+--set on top of both. Rerunning the same command resumes from the latest checkpoint in loop.output_dir.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from selfctx.errors import SelfctxError
 
-METHODS = ("finetune",)
+METHODS = ("experts", "finetune")
+
+
+def preset_names(method: str) -> list[str]:
+    folder = resources.files("selfctx.train") / "presets"
+    prefix = f"{method}-"
+    return sorted(
+        p.name[len(prefix) : -len(".yaml")]
+        for p in folder.iterdir()
+        if p.name.startswith(prefix) and p.name.endswith(".yaml")
+    )
+
+
+def preset_defaults(cls: type, method: str, name: str) -> dict[str, Any]:
+    """The preset's values as a plain dict (validated by building `cls` from it)."""
+    from selfctx.config import load_config, to_dict
+
+    names = preset_names(method)
+    if name not in names:
+        raise SelfctxError(f"unknown {method} preset {name!r}: use one of {', '.join(names) or '(none)'}")
+    file = resources.files("selfctx.train") / "presets" / f"{method}-{name}.yaml"
+    with resources.as_file(file) as path:
+        return dict(to_dict(load_config(cls, path)))
 
 
 def command(
     method: Annotated[
         str, typer.Option("--method", help=f"training method: {', '.join(METHODS)}")
-    ] = "finetune",
+    ] = "experts",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="packaged preset: experts: cpu-smoke, smollm2-cpu, smollm2-gpu, llama-7b; "
+            "finetune: smollm2-cpu",
+        ),
+    ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML config (configs/train-*.yaml)")
+        Path | None, typer.Option("--config", "-c", help="YAML config (applied over the preset)")
     ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", "-s", help="dotted override, e.g. loop.max_steps=10 (repeatable)"),
     ] = None,
 ) -> None:
-    """Train a model (resumes from the latest checkpoint in the output folder)."""
+    """Train compression experts or fine-tune for long contexts (resumes from the latest checkpoint)."""
     if method not in METHODS:
         raise SelfctxError(f"unknown training method {method!r}: use one of {', '.join(METHODS)}")
     from selfctx.config import load_config
+
+    if method == "experts":
+        from selfctx.train.experts import ExpertsConfig, run_experts
+
+        defaults = preset_defaults(ExpertsConfig, method, preset) if preset else None
+        cfg = load_config(ExpertsConfig, config, overrides or [], defaults=defaults)
+        outcome = run_experts(cfg)
+        where = Path(cfg.loop.output_dir)
+        for name, run in outcome.runs.items():
+            resumed = f" (resumed from step {run.resumed_from})" if run.resumed_from else ""
+            last = f", last loss {run.losses[-1]:.4f}" if run.losses else ""
+            typer.echo(f"{name}: step {run.step}{resumed}{last}; log {where / name / 'train_log.jsonl'}")
+        if outcome.experts_dir is not None:
+            typer.echo(f"experts in {outcome.experts_dir}")
+        return
     from selfctx.train.config import FinetuneConfig
     from selfctx.train.finetune import run_finetune
 
-    cfg = load_config(FinetuneConfig, config, overrides or [])
-    result = run_finetune(cfg).train
-    where = Path(cfg.loop.output_dir)
+    defaults = preset_defaults(FinetuneConfig, method, preset) if preset else None
+    ft = load_config(FinetuneConfig, config, overrides or [], defaults=defaults)
+    result = run_finetune(ft).train
+    where = Path(ft.loop.output_dir)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     typer.echo(

@@ -103,13 +103,19 @@ class LoRAExpert(MemoryAdapter):
         for index, layer in enumerate(layers):
             shapes = _linear_shapes(layer.self_attn)
             per_layer = nn.ModuleDict()
-            live = _live_targets(config.targets, index, len(layers)) if config.lora_on == "memory" else config.targets
+            live = (
+                _live_targets(config.targets, index, len(layers))
+                if config.lora_on == "memory"
+                else config.targets
+            )
             for name in live:
                 din, dout = shapes[name]
                 lora = nn.ModuleDict(
                     {
                         "lora_A": nn.Linear(din, config.rank, bias=False, device=ref.device, dtype=ref.dtype),
-                        "lora_B": nn.Linear(config.rank, dout, bias=False, device=ref.device, dtype=ref.dtype),
+                        "lora_B": nn.Linear(
+                            config.rank, dout, bias=False, device=ref.device, dtype=ref.dtype
+                        ),
                     }
                 )
                 # PEFT's default init: A Kaiming-uniform, B zero, so an untrained expert equals the base.
@@ -153,8 +159,11 @@ class MHACloneCompressor(MemoryAdapter):
             for name in _live_targets(PROJECTIONS, index, len(layers)):
                 base: nn.Linear = getattr(layer.self_attn, name)
                 clone = nn.Linear(
-                    base.in_features, base.out_features, bias=base.bias is not None,
-                    device=base.weight.device, dtype=base.weight.dtype,
+                    base.in_features,
+                    base.out_features,
+                    bias=base.bias is not None,
+                    device=base.weight.device,
+                    dtype=base.weight.dtype,
                 )
                 clone.load_state_dict(base.state_dict())
                 per_layer[name] = clone
@@ -170,7 +179,9 @@ class MHACloneCompressor(MemoryAdapter):
         return out.index_copy(1, memory_rows, clone(x.index_select(1, memory_rows)))  # memory rows replaced
 
 
-def build_adapter(config: AdapterConfig, layers: nn.ModuleList, init_embedding: torch.Tensor) -> MemoryAdapter:
+def build_adapter(
+    config: AdapterConfig, layers: nn.ModuleList, init_embedding: torch.Tensor
+) -> MemoryAdapter:
     if config.kind == "lora":
         return LoRAExpert(config, layers, init_embedding)
     if config.kind == "mha_clone":

@@ -33,7 +33,12 @@ def _init_embedding(model: nn.Module, token_id: int | None) -> tuple[torch.Tenso
     """The memory embedding starts as an existing token's embedding (BOS, else EOS, else token 0), so the
     untrained memory token reads like a real token rather than noise."""
     config = model.config
-    for candidate in (token_id, getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None), 0):
+    for candidate in (
+        token_id,
+        getattr(config, "bos_token_id", None),
+        getattr(config, "eos_token_id", None),
+        0,
+    ):
         if isinstance(candidate, list):
             candidate = candidate[0] if candidate else None
         if isinstance(candidate, int) and 0 <= candidate < config.vocab_size:
@@ -42,7 +47,10 @@ def _init_embedding(model: nn.Module, token_id: int | None) -> tuple[torch.Tenso
 
 
 class ExpertBattery(nn.Module):
-    """Adapters by ratio. `kind="lora"`: one LoRA expert per ratio. `kind="mha_clone"`: one shared compressor."""
+    """Adapters by ratio.
+
+    `kind="lora"`: one LoRA expert per ratio. `kind="mha_clone"`: one shared compressor for all ratios.
+    """
 
     def __init__(self, kind: str, adapters: dict[int, MemoryAdapter]) -> None:
         super().__init__()
@@ -55,6 +63,9 @@ class ExpertBattery(nn.Module):
             unique.setdefault(id(adapter), adapter)
         self.adapters = nn.ModuleList(unique.values())  # registered once each (the clone is shared)
         self._by_ratio = adapters
+        # The window mechanism the battery was trained under (window, native_context, pattern): saved with it
+        # so inference uses the same settings by default.
+        self.mechanism: dict[str, Any] = {}
 
     @staticmethod
     def create(
@@ -79,12 +90,19 @@ class ExpertBattery(nn.Module):
         layers = model.model.layers
         embedding, token = _init_embedding(model, init_token_id)
         common: dict[str, Any] = dict(
-            rank=rank, alpha=alpha, targets=tuple(targets), lora_on=lora_on, base_model=base_model,
-            hidden_size=model.config.hidden_size, num_layers=len(layers), init_token_id=token,
+            rank=rank,
+            alpha=alpha,
+            targets=tuple(targets),
+            lora_on=lora_on,
+            base_model=base_model,
+            hidden_size=model.config.hidden_size,
+            num_layers=len(layers),
+            init_token_id=token,
         )
         if kind == "lora":
             adapters = {
-                r: build_adapter(AdapterConfig(kind="lora", ratio=r, **common), layers, embedding) for r in ratios
+                r: build_adapter(AdapterConfig(kind="lora", ratio=r, **common), layers, embedding)
+                for r in ratios
             }
         elif kind == "mha_clone":
             config = AdapterConfig(kind="mha_clone", ratio=None, extra={"ratios": list(ratios)}, **common)
@@ -98,7 +116,9 @@ class ExpertBattery(nn.Module):
 
     def adapter_for(self, ratio: int) -> MemoryAdapter:
         if ratio not in self._by_ratio:
-            raise SelfctxError(f"no expert for ratio {ratio}: this battery has {', '.join(map(str, self.ratios))}")
+            raise SelfctxError(
+                f"no expert for ratio {ratio}: this battery has {', '.join(map(str, self.ratios))}"
+            )
         return self._by_ratio[ratio]
 
     def adapter_name(self, ratio: int) -> str:
@@ -123,8 +143,13 @@ class ExpertBattery(nn.Module):
         first = self.adapters[0].config
         write_json_atomic(
             folder / "battery.json",
-            {"kind": self.kind, "ratios": list(self.ratios), "base_model": first.base_model,
-             "parameters": self.parameter_counts()},
+            {
+                "kind": self.kind,
+                "ratios": list(self.ratios),
+                "base_model": first.base_model,
+                "parameters": self.parameter_counts(),
+                "mechanism": self.mechanism,
+            },
         )
 
     @staticmethod
@@ -133,19 +158,24 @@ class ExpertBattery(nn.Module):
         folder = Path(folder)
         index = folder / "battery.json"
         if not index.is_file():
-            raise SelfctxError(f"{folder} is not an expert directory (no battery.json): pass the folder train wrote")
+            raise SelfctxError(
+                f"{folder} is not an expert directory (no battery.json): pass the folder train wrote"
+            )
         meta = json.loads(index.read_text())
         layers = model.model.layers
         embedding, _ = _init_embedding(model, None)
-        subfolders = ["mha-clone"] if meta["kind"] == "mha_clone" else [f"expert-r{r}" for r in meta["ratios"]]
+        subfolders = (
+            ["mha-clone"] if meta["kind"] == "mha_clone" else [f"expert-r{r}" for r in meta["ratios"]]
+        )
         adapters: dict[int, MemoryAdapter] = {}
         for name in subfolders:
             sub = folder / name
             config = AdapterConfig.from_json(json.loads((sub / "adapter_config.json").read_text()))
             if config.hidden_size != model.config.hidden_size or config.num_layers != len(layers):
                 raise SelfctxError(
-                    f"expert {sub} was trained for hidden size {config.hidden_size} x {config.num_layers} layers, "
-                    f"but the model has {model.config.hidden_size} x {len(layers)}: use the experts of this model"
+                    f"expert {sub} was trained for hidden size {config.hidden_size} x {config.num_layers} "
+                    f"layers, but the model has {model.config.hidden_size} x {len(layers)}: "
+                    "use this model's experts"
                 )
             adapter = build_adapter(config, layers, embedding)
             state = load_file(str(sub / "adapter_model.safetensors"), device=str(embedding.device))
@@ -153,12 +183,15 @@ class ExpertBattery(nn.Module):
                 {k: v.to(embedding.dtype) for k, v in state.items()}, strict=False
             )
             if missing or unexpected:
-                raise SelfctxError(f"expert {sub} does not match the model: missing {missing[:3]}, extra {unexpected[:3]}")
+                raise SelfctxError(
+                    f"expert {sub} does not match the model: missing {missing[:3]}, extra {unexpected[:3]}"
+                )
             if config.kind == "mha_clone":
                 adapters.update(dict.fromkeys(meta["ratios"], adapter))
             else:
                 adapters[int(config.ratio or 0)] = adapter
         battery = ExpertBattery(meta["kind"], adapters)
+        battery.mechanism = dict(meta.get("mechanism") or {})
         battery.requires_grad_(False)
         return battery
 
@@ -205,8 +238,9 @@ def route(n_tokens: int, budget: int, native_context: int, window: int, ratios: 
             return Route(ratio, requested, entries, n_tokens, native_context, window, budget)
     longest = longest_supported(budget, native_context, window, ratios)
     raise SelfctxError(
-        f"an input of {n_tokens} tokens does not fit: with window {window}, a {budget}-token question+answer budget "
-        f"and native context {native_context}, the experts (ratios {', '.join(map(str, ratios))}) support at most "
+        f"an input of {n_tokens} tokens does not fit: with window {window}, a {budget}-token "
+        f"question+answer budget and native context {native_context}, the experts (ratios "
+        f"{', '.join(map(str, ratios))}) support at most "
         f"{longest} tokens; train a larger ratio or shorten the input"
     )
 

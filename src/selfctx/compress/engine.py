@@ -67,8 +67,8 @@ class BaseParts:
         model_type = getattr(config, "model_type", "?")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise SelfctxError(
-                f"model type {model_type!r} is not supported by the compressor: use a Llama, Mistral or Qwen2 "
-                "family causal LM"
+                f"model type {model_type!r} is not supported by the compressor: "
+                "use a Llama, Mistral or Qwen2 family causal LM"
             )
         inner = model.model
         attn = inner.layers[0].self_attn
@@ -140,9 +140,7 @@ class LayerMemory:
 
 def empty_memory(parts: BaseParts, batch: int, like: torch.Tensor) -> list[LayerMemory]:
     shape = (batch, parts.num_kv_heads, 0, parts.head_dim)
-    return [
-        LayerMemory(like.new_zeros(shape), like.new_zeros(shape)) for _ in range(len(parts.layers))
-    ]
+    return [LayerMemory(like.new_zeros(shape), like.new_zeros(shape)) for _ in range(len(parts.layers))]
 
 
 def _group_layer(
@@ -167,12 +165,15 @@ def _group_layer(
     attn = layer.self_attn
     size = window + n_mem
     h = layer.input_layernorm(x)  # (B, G*size, D)
-    q = _split_heads(adapter.project(layer_idx, "q_proj", attn.q_proj, h, memory_rows), parts.num_heads,
-                     parts.head_dim)  # (B, Hq, G*size, hd)
-    k = _split_heads(adapter.project(layer_idx, "k_proj", attn.k_proj, h, memory_rows), parts.num_kv_heads,
-                     parts.head_dim)  # (B, Hkv, G*size, hd) pre-RoPE
-    v = _split_heads(adapter.project(layer_idx, "v_proj", attn.v_proj, h, memory_rows), parts.num_kv_heads,
-                     parts.head_dim)  # (B, Hkv, G*size, hd)
+    q = _split_heads(
+        adapter.project(layer_idx, "q_proj", attn.q_proj, h, memory_rows), parts.num_heads, parts.head_dim
+    )  # (B, Hq, G*size, hd)
+    k = _split_heads(
+        adapter.project(layer_idx, "k_proj", attn.k_proj, h, memory_rows), parts.num_kv_heads, parts.head_dim
+    )  # (B, Hkv, G*size, hd) pre-RoPE
+    v = _split_heads(
+        adapter.project(layer_idx, "v_proj", attn.v_proj, h, memory_rows), parts.num_kv_heads, parts.head_dim
+    )  # (B, Hkv, G*size, hd)
     batch = x.shape[0]
     outputs = []
     new_keys, new_values = [], []
@@ -224,14 +225,27 @@ def compress_group(
     new_memory = []
     for layer_idx, layer_mem in enumerate(memory):
         fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = _group_layer
-        args = (parts, adapter, layer_idx, x, layer_mem.keys, layer_mem.values, window, n_mem, n_windows,
-                memory_rows, pattern)
+        args = (
+            parts,
+            adapter,
+            layer_idx,
+            x,
+            layer_mem.keys,
+            layer_mem.values,
+            window,
+            n_mem,
+            n_windows,
+            memory_rows,
+            pattern,
+        )
         if checkpointing and torch.is_grad_enabled():
             x, k_new, v_new = checkpoint(fn, *args, use_reentrant=False)
         else:
             x, k_new, v_new = fn(*args)
         new_memory.append(
-            LayerMemory(torch.cat([layer_mem.keys, k_new], dim=2), torch.cat([layer_mem.values, v_new], dim=2))
+            LayerMemory(
+                torch.cat([layer_mem.keys, k_new], dim=2), torch.cat([layer_mem.values, v_new], dim=2)
+            )
         )
     hidden = x.view(batch, n_windows, size, -1)[:, :, :window].reshape(batch, n_windows * window, -1)
     return new_memory, parts.norm(hidden)
@@ -239,7 +253,10 @@ def compress_group(
 
 @dataclass
 class KVCache:
-    """Rotated keys/values for decoding over memory: (B, Hkv, T, hd) per layer, plus which columns are real."""
+    """Rotated keys/values for decoding over memory.
+
+    (B, Hkv, T, hd) per layer, plus which columns are real.
+    """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
@@ -314,7 +331,9 @@ def extend(
         new_keys.append(keys)
         new_values.append(values)
     new_cache = KVCache(
-        new_keys, new_values, torch.cat([cache.valid, real], dim=1),
+        new_keys,
+        new_values,
+        torch.cat([cache.valid, real], dim=1),
         cache.next_position + real.long().sum(1),
     )
     if logits_for == "none":

@@ -81,14 +81,18 @@ class Memory:
         folder = Path(path)
         meta, weights = folder / "memory.json", folder / "memory.safetensors"
         if not meta.is_file() or not weights.is_file():
-            raise SelfctxError(f"{folder} holds no saved memory (memory.json + memory.safetensors): save one first")
+            raise SelfctxError(
+                f"{folder} holds no saved memory (memory.json + memory.safetensors): save one first"
+            )
         data: dict[str, Any] = json.loads(meta.read_text())
         if data.get("format_version") != FORMAT_VERSION:
-            raise SelfctxError(f"memory at {folder} has format {data.get('format_version')}, expected {FORMAT_VERSION}")
+            raise SelfctxError(
+                f"memory at {folder} has format {data.get('format_version')}, expected {FORMAT_VERSION}"
+            )
         info = MemoryInfo(**data)
         tensors = load_file(str(weights), device=str(device))
         layers = [
-            LayerMemory(tensors[f"layers.{i}.keys"], tensors[f"layers.{i}.values"]) for i in range(info.num_layers)
+            LayerMemory(tensors[f"layers.{i}.keys"], tensors[f"layers.{i}.values"])
+            for i in range(info.num_layers)
         ]
         return Memory(layers=layers, tail_ids=tensors["tail_ids"], info=info)
-

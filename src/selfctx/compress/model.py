@@ -1,6 +1,6 @@
 """CompressedLM: a frozen causal LM that reads long inputs through compressed memory.
 
-    lm = CompressedLM.from_pretrained("smollm2-135m", experts="runs/experts", window=1024, native_context=8192)
+    lm = CompressedLM.from_pretrained("smollm2-135m", experts="runs/experts")  # window etc. as trained
     result = lm.generate(context=long_text, prompt="Who wrote the letter?", max_new_tokens=64)
     memory = lm.compress(long_text)                   # compress once ...
     answers = lm.generate(memory=memory, prompt=["Q1", "Q2"])   # ... answer many, as one batch
@@ -62,10 +62,14 @@ class GenerationResult:
         return self.texts[0]
 
 
+DEFAULT_WINDOW = 1024
+
+
 @dataclass
 class TrainOutput:
     loss: torch.Tensor  # mean next-token loss over the labelled ordinary tokens
     n_tokens: int  # labelled tokens that contributed
+    loss_sum: torch.Tensor  # the summed loss (what a trainer normalising over a global batch needs)
 
 
 class CompressedLM(nn.Module):
@@ -96,7 +100,9 @@ class CompressedLM(nn.Module):
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         for ratio in battery.ratios:
             if self.window % ratio:
-                raise SelfctxError(f"window {self.window} is not divisible by ratio {ratio}: pick a window that is")
+                raise SelfctxError(
+                    f"window {self.window} is not divisible by ratio {ratio}: pick a window that is"
+                )
         if self.window >= self.native_context:
             raise SelfctxError(
                 f"window {self.window} must be smaller than the native context {self.native_context}"
@@ -108,13 +114,13 @@ class CompressedLM(nn.Module):
         base: str | PreTrainedModel,
         experts: str | Path | ExpertBattery | None = None,
         *,
-        window: int = 1024,
+        window: int | None = None,
         native_context: int | None = None,
         ratios: tuple[int, ...] = DEFAULT_RATIOS,
         tokenizer: PreTrainedTokenizerBase | None = None,
         dtype: str | torch.dtype | None = "auto",
         device: str | None = None,
-        pattern: AttentionPattern = "full-coverage",
+        pattern: AttentionPattern | None = None,
         kind: str = "lora",
         rank: int = 8,
     ) -> CompressedLM:
@@ -132,11 +138,21 @@ class CompressedLM(nn.Module):
         elif experts is not None:
             battery = ExpertBattery.load(experts, model)
         else:
-            usable = tuple(r for r in ratios if window % r == 0 and r <= window)
+            size = window or DEFAULT_WINDOW
+            usable = tuple(r for r in ratios if size % r == 0 and r <= size)
             battery = ExpertBattery.create(model, usable, kind=kind, rank=rank, base_model=name)
         battery.to(next(model.parameters()).device)
-        return CompressedLM(model, tokenizer, battery, window=window, native_context=native_context,
-                            pattern=pattern, name=name)
+        # Unset settings default to those the battery was trained under, then to the library defaults.
+        trained = battery.mechanism
+        return CompressedLM(
+            model,
+            tokenizer,
+            battery,
+            window=window or int(trained.get("window") or DEFAULT_WINDOW),
+            native_context=native_context or trained.get("native_context"),
+            pattern=pattern or trained.get("pattern") or "full-coverage",
+            name=name,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -166,7 +182,9 @@ class CompressedLM(nn.Module):
         n_full = n // window
         adapter = self.battery.adapter_for(ratio)
         n_mem = window // ratio
-        memory = memory if memory is not None else empty_memory(self.parts, batch, self.parts.embed_tokens.weight)
+        memory = (
+            memory if memory is not None else empty_memory(self.parts, batch, self.parts.embed_tokens.weight)
+        )
         group = group_windows or self._group_windows(ratio)
         for first in range(0, n_full, group):
             last = min(n_full, first + group)
@@ -184,13 +202,21 @@ class CompressedLM(nn.Module):
         Tokens of the partial last window read the memory plus their raw predecessors."""
         pieces: list[tuple[int, torch.Tensor]] = []
         memory, tail = self.compress_ids(
-            ids, ratio, group_windows=group_windows,
+            ids,
+            ratio,
+            group_windows=group_windows,
             on_hidden=lambda start, hidden: pieces.append((start, self.parts.lm_head(hidden))),
         )
         if tail.shape[1]:
             cache = cache_from_memory(self.parts, memory, ids.shape[0])
-            tail_logits, _ = extend(self.parts, cache, tail, torch.ones_like(tail), logits_for="all",
-                                    adapter=self.battery.adapter_for(ratio))
+            tail_logits, _ = extend(
+                self.parts,
+                cache,
+                tail,
+                torch.ones_like(tail),
+                logits_for="all",
+                adapter=self.battery.adapter_for(ratio),
+            )
             assert tail_logits is not None
             pieces.append((ids.shape[1] - tail.shape[1], tail_logits))
         return torch.cat([p for _, p in sorted(pieces, key=lambda item: item[0])], dim=1)
@@ -220,21 +246,30 @@ class CompressedLM(nn.Module):
             span = targets[:, start : start + hidden.shape[1]]  # (B, T)
             if (span != -100).any():
                 logits = self.parts.lm_head(hidden).float()  # (B, T, V)
-                total = total + F.cross_entropy(logits.flatten(0, 1), span.flatten(), ignore_index=-100,
-                                                reduction="sum")
+                total = total + F.cross_entropy(
+                    logits.flatten(0, 1), span.flatten(), ignore_index=-100, reduction="sum"
+                )
 
-        memory, tail = self.compress_ids(input_ids, ratio, group_windows=group_windows, on_hidden=add_loss,
-                                         checkpointing=checkpointing)
+        memory, tail = self.compress_ids(
+            input_ids, ratio, group_windows=group_windows, on_hidden=add_loss, checkpointing=checkpointing
+        )
         if tail.shape[1]:
             cache = cache_from_memory(self.parts, memory, input_ids.shape[0])
-            hidden_logits, _ = extend(self.parts, cache, tail, torch.ones_like(tail), logits_for="all",
-                                      adapter=self.battery.adapter_for(ratio))
+            hidden_logits, _ = extend(
+                self.parts,
+                cache,
+                tail,
+                torch.ones_like(tail),
+                logits_for="all",
+                adapter=self.battery.adapter_for(ratio),
+            )
             assert hidden_logits is not None
             span = targets[:, input_ids.shape[1] - tail.shape[1] :]
             if (span != -100).any():
-                total = total + F.cross_entropy(hidden_logits.float().flatten(0, 1), span.flatten(),
-                                                ignore_index=-100, reduction="sum")
-        return TrainOutput(loss=total / max(1, count), n_tokens=count)
+                total = total + F.cross_entropy(
+                    hidden_logits.float().flatten(0, 1), span.flatten(), ignore_index=-100, reduction="sum"
+                )
+        return TrainOutput(loss=total / max(1, count), n_tokens=count, loss_sum=total)
 
     def trainable_parameters(self, ratio: int) -> list[nn.Parameter]:
         """The parameters one expert trains (its LoRA + memory embedding), with requires_grad switched on."""
@@ -252,7 +287,8 @@ class CompressedLM(nn.Module):
         """Chat-format [user: context + blank line + prompt]; return (text up to the prompt, the rest)."""
         tokenizer = self._require_tokenizer()
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{context}{_SPLIT}\n\n{prompt}"}], tokenize=False,
+            [{"role": "user", "content": f"{context}{_SPLIT}\n\n{prompt}"}],
+            tokenize=False,
             add_generation_prompt=True,
         )
         head, tail = str(rendered).split(_SPLIT)
@@ -291,9 +327,14 @@ class CompressedLM(nn.Module):
         else:
             layers, tail = self.compress_ids(tensor, chosen)
         info = MemoryInfo(
-            model_name=self.name, adapter=None if chosen == 1 else self.battery.adapter_name(chosen),
-            ratio=chosen, window=self.window, n_context_tokens=len(ids), num_layers=len(self.parts.layers),
-            num_kv_heads=self.parts.num_kv_heads, head_dim=self.parts.head_dim,
+            model_name=self.name,
+            adapter=None if chosen == 1 else self.battery.adapter_name(chosen),
+            ratio=chosen,
+            window=self.window,
+            n_context_tokens=len(ids),
+            num_layers=len(self.parts.layers),
+            num_kv_heads=self.parts.num_kv_heads,
+            head_dim=self.parts.head_dim,
             dtype=str(self.parts.embed_tokens.weight.dtype).replace("torch.", ""),
         )
         return Memory(layers=layers, tail_ids=tail[0], info=info)
@@ -301,7 +342,9 @@ class CompressedLM(nn.Module):
     def check_memory(self, memory: Memory) -> None:
         info = memory.info
         if (info.num_layers, info.num_kv_heads, info.head_dim) != (
-            len(self.parts.layers), self.parts.num_kv_heads, self.parts.head_dim
+            len(self.parts.layers),
+            self.parts.num_kv_heads,
+            self.parts.head_dim,
         ):
             raise SelfctxError("this memory was made by a model of another shape: compress the context again")
         if info.window != self.window:
@@ -340,8 +383,9 @@ class CompressedLM(nn.Module):
         positions_needed = memory.num_entries + max(len(r) for r in rows) + max_new_tokens
         if positions_needed > self.native_context:
             raise SelfctxError(
-                f"memory ({memory.num_entries}) + tail and prompt ({max(len(r) for r in rows)}) + {max_new_tokens} "
-                f"new tokens exceed the native context {self.native_context}: use a higher ratio or a shorter prompt"
+                f"memory ({memory.num_entries}) + tail and prompt ({max(len(r) for r in rows)}) + "
+                f"{max_new_tokens} new tokens exceed the native context {self.native_context}: "
+                "use a higher ratio or a shorter prompt"
             )
         completions = self._decode(memory, rows, max_new_tokens, temperature, top_p, seed)
         finished = time.perf_counter()
@@ -349,8 +393,11 @@ class CompressedLM(nn.Module):
             texts=[tokenizer.decode(c, skip_special_tokens=True) for c in completions],
             expert=memory.info.adapter,
             ratio=memory.info.ratio,
-            requested_ratio=self.route_for(memory.info.n_context_tokens, max(prompt_lengths) + max_new_tokens
-                                           ).requested_ratio if memory.info.ratio > 1 else 1.0,
+            requested_ratio=self.route_for(
+                memory.info.n_context_tokens, max(prompt_lengths) + max_new_tokens
+            ).requested_ratio
+            if memory.info.ratio > 1
+            else 1.0,
             achieved_ratio=memory.achieved_ratio,
             memory_bytes=memory.nbytes,
             memory_entries=memory.num_entries,
@@ -363,8 +410,10 @@ class CompressedLM(nn.Module):
 
     def _stop_ids(self) -> set[int]:
         ids: set[int] = set()
-        for source in (self.tokenizer.eos_token_id if self.tokenizer else None,
-                       getattr(self.model.generation_config, "eos_token_id", None)):
+        for source in (
+            self.tokenizer.eos_token_id if self.tokenizer else None,
+            getattr(self.model.generation_config, "eos_token_id", None),
+        ):
             if isinstance(source, int):
                 ids.add(source)
             elif isinstance(source, list):
@@ -372,7 +421,12 @@ class CompressedLM(nn.Module):
         return ids
 
     def _decode(
-        self, memory: Memory, rows: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+        self,
+        memory: Memory,
+        rows: list[list[int]],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
         seed: int | None,
     ) -> list[list[int]]:
         """Batched decoding over a shared memory: rows are left-padded, then extended token by token."""
@@ -381,9 +435,12 @@ class CompressedLM(nn.Module):
         width = max(len(r) for r in rows)
         pad = 0
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
-        cache: KVCache = cache_from_memory(self.parts, [LayerMemory(m.keys.to(device), m.values.to(device))
-                                                        for m in memory.layers], batch)
+        mask = torch.tensor(
+            [[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device
+        )
+        cache: KVCache = cache_from_memory(
+            self.parts, [LayerMemory(m.keys.to(device), m.values.to(device)) for m in memory.layers], batch
+        )
         adapter = self.battery.adapter_for(memory.info.ratio) if memory.info.ratio > 1 else None
         logits, cache = extend(self.parts, cache, ids, mask, adapter=adapter)
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -402,13 +459,15 @@ class CompressedLM(nn.Module):
                         outputs[b].append(token)
             if bool(done.all()):
                 break
-            logits, cache = extend(self.parts, cache, next_ids[:, None], torch.ones_like(next_ids)[:, None],
-                                   adapter=adapter)
+            logits, cache = extend(
+                self.parts, cache, next_ids[:, None], torch.ones_like(next_ids)[:, None], adapter=adapter
+            )
         return outputs
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-            ) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """Greedy when temperature == 0, else temperature + nucleus sampling. logits (B, V) -> ids (B,)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)

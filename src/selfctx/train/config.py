@@ -66,11 +66,13 @@ class DataSource:
 
     kind: `synth` = a `selfctx synth` output folder (DIR/data/*.jsonl, chat `messages`, answer-only loss);
     `chat` = a .jsonl file (or folder of them) of `messages` (answer-only loss); `text` = .txt files or .jsonl
-    with a `text` field, concatenated and cut into sequences of `data.max_tokens` (language modelling).
+    with a `text` field (a `selfctx synth` pool folder works: the model's own passages), concatenated and cut
+    into sequences of `data.max_tokens` (language modelling); `recall` = a built-in key -> value recall task
+    generated in code (no path; `max_samples_per_source` samples, default 64), for smoke runs and tests.
     """
 
-    kind: Literal["synth", "chat", "text"]
-    path: str
+    kind: Literal["synth", "chat", "text", "recall"]
+    path: str = ""
     weight: float = 1.0
 
     def __post_init__(self) -> None:

@@ -141,6 +141,17 @@ def pack_text(token_stream: Sequence[int], length: int, min_tokens: int, source:
 
 def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: DataConfig) -> list[Example]:
     """Tokenize one source with length filtering (chat) or packing (text)."""
+    if source.kind == "recall":
+        from selfctx.train.recall import DEFAULT_SAMPLES, recall_examples
+
+        n = cfg.max_samples_per_source or DEFAULT_SAMPLES
+        examples = recall_examples(tokenizer, n, cfg.min_tokens, cfg.max_tokens, seed=0)
+        if not examples:
+            raise SelfctxError(
+                f"the recall task cannot make samples of {cfg.min_tokens}-{cfg.max_tokens} tokens: "
+                "widen the range"
+            )
+        return examples
     files = _source_files(source)
     name = f"{source.kind}:{Path(source.path).name}"
     if source.kind == "text":

@@ -1,0 +1,198 @@
+"""Training compression experts (issue #4) on the tiny model with the `cpu-smoke` preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from selfctx.cli import app
+from selfctx.commands.train import preset_defaults
+from selfctx.config import load_config
+from selfctx.train.experts import ExpertsConfig, run_experts
+
+
+def smoke_cfg(out: Path, *overrides: str) -> ExpertsConfig:
+    defaults = preset_defaults(ExpertsConfig, "experts", "cpu-smoke")
+    return load_config(ExpertsConfig, None, [f"loop.output_dir={out}", *overrides], defaults=defaults)
+
+
+def expert_weights(folder: Path) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*/adapter_model.safetensors")):
+        weights.update({f"{file.parent.name}/{k}": v for k, v in load_file(str(file)).items()})
+    return weights
+
+
+def test_thirty_steps_on_a_fixed_batch_drive_the_loss_down(tmp_path: Path) -> None:
+    cfg = smoke_cfg(
+        tmp_path / "run",
+        "experts.ratios=[4]",
+        "data.max_samples_per_source=2",
+        "loop.micro_batch_size=2",
+        "loop.max_steps=30",
+    )
+    result = run_experts(cfg)
+    losses = result.runs["r4"].losses
+    assert len(losses) == 30
+    assert losses[-1] < 0.6 * losses[0], losses
+    log = [
+        json.loads(line) for line in (tmp_path / "run" / "r4" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in log] == list(range(1, 31))
+    assert all(row["tokens_per_s"] > 0 and row["memory_mb"] > 0 for row in log)
+
+
+def test_only_the_expert_in_training_changes(tmp_path: Path) -> None:
+    cfg = smoke_cfg(tmp_path / "run", "loop.max_steps=3")
+    result = run_experts(cfg, stop_after=3)  # trains r2 to the end, then r4
+    battery = result.compressed.battery
+    base = {k: v.clone() for k, v in result.compressed.model.state_dict().items()}
+    fresh = smoke_cfg(tmp_path / "fresh", "loop.max_steps=3")
+    from selfctx.train.experts import build_compressed, load_base
+
+    model, tokenizer = load_base(fresh.model, fresh.loop.seed, torch.device("cpu"), torch.float32)
+    untrained = build_compressed(fresh, model, tokenizer).battery
+    for ratio in (2, 4):
+        trained_params = dict(battery.adapter_for(ratio).named_parameters())
+        initial = dict(untrained.adapter_for(ratio).named_parameters())
+        changed = [n for n in trained_params if not torch.equal(trained_params[n], initial[n])]
+        assert changed, f"expert r{ratio} did not train"
+        assert any(n.startswith("memory_embedding") or "embedding" in n for n in changed), changed
+    for key, value in result.compressed.model.state_dict().items():  # the base stays frozen
+        assert torch.equal(value, base[key])
+    assert torch.equal(model.model.embed_tokens.weight, result.compressed.model.model.embed_tokens.weight), (
+        "the base model must equal a freshly built one (frozen)"
+    )
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    sets = ("loop.max_steps=6", "loop.save_every=2")
+    reference = run_experts(smoke_cfg(tmp_path / "a", *sets))
+    cfg = smoke_cfg(tmp_path / "b", *sets)
+    first = run_experts(cfg, stop_after=3)  # r2 stops after step 3 (checkpoint at 2): nothing is saved yet
+    assert first.experts_dir is None and not (tmp_path / "b" / "experts").exists()
+    resumed = run_experts(cfg)
+    assert resumed.runs["r2"].resumed_from == 2
+    assert reference.runs["r2"].losses[2:] == resumed.runs["r2"].losses
+    assert reference.runs["r4"].losses == resumed.runs["r4"].losses
+    a, b = expert_weights(tmp_path / "a" / "experts"), expert_weights(tmp_path / "b" / "experts")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+KILLER = """
+import os, signal, sys
+from selfctx.commands.train import preset_defaults
+from selfctx.config import load_config
+from selfctx.train.experts import ExpertsConfig, run_experts
+out, kill_at = sys.argv[1], int(sys.argv[2])
+cfg = load_config(ExpertsConfig, None, [f"loop.output_dir={out}", "loop.max_steps=6", "loop.save_every=2"],
+                  defaults=preset_defaults(ExpertsConfig, "experts", "cpu-smoke"))
+def on_step(step, loss):
+    if step == kill_at and os.path.isdir(os.path.join(out, "r4")):
+        os.kill(os.getpid(), signal.SIGKILL)
+run_experts(cfg, on_step=on_step)
+"""
+
+
+def test_sigkill_in_the_second_expert_then_rerun_gives_the_same_experts(tmp_path: Path) -> None:
+    sets = ("loop.max_steps=6", "loop.save_every=2")
+    run_experts(smoke_cfg(tmp_path / "a", *sets))
+    env = {**os.environ, "SELFCTX_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, str(tmp_path / "b"), "3"], env=env, capture_output=True, timeout=600
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "b" / "r4" / "checkpoints" / "latest.json").read_text())["step"] == 2
+    resumed = run_experts(smoke_cfg(tmp_path / "b", *sets))
+    assert resumed.runs["r2"].resumed_from == 6 and resumed.runs["r4"].resumed_from == 2
+    a, b = expert_weights(tmp_path / "a" / "experts"), expert_weights(tmp_path / "b" / "experts")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_saved_experts_load_into_compressed_lm_and_change_its_outputs(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from selfctx.compress.model import CompressedLM
+    from selfctx.tiny import tiny_tokenizer
+
+    out = tmp_path / "run"
+    run_experts(smoke_cfg(out, "loop.max_steps=8"))
+    base = AutoModelForCausalLM.from_pretrained(str(out / "base"))
+    trained = CompressedLM.from_pretrained(base, experts=out / "experts", tokenizer=tiny_tokenizer())
+    assert trained.window == 32 and trained.native_context == 128  # the trained mechanism is the default
+    assert trained.battery.ratios == (2, 4)
+    untrained = CompressedLM.from_pretrained(
+        base, ratios=(2, 4), window=32, native_context=128, tokenizer=tiny_tokenizer()
+    )
+    ids = torch.randint(0, 200, (1, 100), generator=torch.Generator().manual_seed(0))
+    for ratio in (2, 4):
+        with torch.no_grad():
+            a, b = trained.logits(ids, ratio), untrained.logits(ids, ratio)
+        assert torch.allclose(a[:, :32], b[:, :32], atol=1e-5)  # the first window reads no memory
+        assert (a[:, 32:] - b[:, 32:]).abs().max() > 1e-3  # later windows read the trained memory
+    answer = trained.generate(
+        context="The number of amber-3 is 4821. " * 8, prompt="What is the number?", max_new_tokens=4
+    )
+    assert answer.expert in ("lora-r2", "lora-r4", "none")
+
+
+def test_single_compressor_baseline_trains_over_a_ratio_mix(tmp_path: Path) -> None:
+    out = tmp_path / "clone"
+    result = run_experts(smoke_cfg(out, "experts.kind=mha_clone", "loop.max_steps=4"))
+    assert list(result.runs) == ["clone"]
+    meta = json.loads((out / "experts" / "battery.json").read_text())
+    assert meta["kind"] == "mha_clone" and meta["ratios"] == [2, 4]
+    from selfctx.compress.battery import ExpertBattery
+
+    loaded = ExpertBattery.load(out / "experts", result.compressed.model)
+    assert loaded.adapter_for(2) is loaded.adapter_for(4)
+
+
+def test_cli_trains_a_preset_and_rejects_an_unknown_one(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "selfctx", "train", "--method", "experts", "--preset", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0, bad.stderr  # one line, no traceback
+    assert "unknown experts preset 'nope'" in bad.stderr and "cpu-smoke" in bad.stderr
+    runner = CliRunner()
+    ok = runner.invoke(
+        app,
+        [
+            "train",
+            "--method",
+            "experts",
+            "--preset",
+            "cpu-smoke",
+            "--set",
+            f"loop.output_dir={tmp_path}",
+            "--set",
+            "loop.max_steps=2",
+            "--set",
+            "experts.ratios=[4]",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert f"experts in {tmp_path / 'experts'}" in ok.output
+
+
+@pytest.mark.parametrize("preset", ["smollm2-cpu", "smollm2-gpu", "llama-7b"])
+def test_presets_are_valid_configs(preset: str) -> None:
+    cfg = load_config(ExpertsConfig, None, [], defaults=preset_defaults(ExpertsConfig, "experts", preset))
+    assert cfg.experts.window % max(cfg.experts.ratios) == 0
+    assert cfg.experts.native_context is None or cfg.experts.window < cfg.experts.native_context
