@@ -15,6 +15,7 @@ BENCHES: list[tuple[str, str]] = [
     ("assemble", "assemble"),
     ("synth-throughput", "synth_throughput"),
     ("serve-load", "serve_load"),
+    ("expert-train", "expert_train"),
 ]
 
 for verb, module_name in BENCHES:

@@ -104,11 +104,11 @@ def _attend(
     parts: BaseParts, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """q (B, Hq, Tq, hd), k/v (B, Hkv, Tk, hd), mask (B or 1, 1, Tq, Tk) bool -> (B, Tq, Hq*hd)."""
-    groups = parts.num_heads // parts.num_kv_heads
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)  # (B, Hq, Tk, hd)
-        v = v.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=parts.scaling)  # (B, Hq, Tq, hd)
+    # enable_gqa lets SDPA share each KV head across its query heads without materialising the copies.
+    gqa = parts.num_heads != parts.num_kv_heads
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=parts.scaling, enable_gqa=gqa
+    )  # (B, Hq, Tq, hd)
     b, h, t, d = out.shape
     return out.transpose(1, 2).reshape(b, t, h * d)
 
@@ -138,6 +138,34 @@ class LayerMemory:
     values: torch.Tensor
 
 
+@dataclass
+class GroupPlan:
+    """What every layer of one group shares: RoPE tables for all its positions and each window's mask."""
+
+    cos: torch.Tensor  # (1, M + (G-1)*n + W + n, hd)
+    sin: torch.Tensor
+    masks: list[torch.Tensor]  # window j: (1, 1, W+n, M + j*n + W+n) bool
+
+    @staticmethod
+    def build(
+        parts: BaseParts,
+        like: torch.Tensor,
+        memory_len: int,
+        window: int,
+        n_mem: int,
+        n_windows: int,
+        pattern: AttentionPattern,
+    ) -> GroupPlan:
+        total = memory_len + (n_windows - 1) * n_mem + window + n_mem
+        positions = torch.arange(total, device=like.device)[None]  # (1, total)
+        cos, sin = parts.rope(like, positions)
+        masks = [
+            window_mask(window, n_mem, memory_len + j * n_mem, pattern, like.device)[None, None]
+            for j in range(n_windows)
+        ]
+        return GroupPlan(cos, sin, masks)
+
+
 def empty_memory(parts: BaseParts, batch: int, like: torch.Tensor) -> list[LayerMemory]:
     shape = (batch, parts.num_kv_heads, 0, parts.head_dim)
     return [LayerMemory(like.new_zeros(shape), like.new_zeros(shape)) for _ in range(len(parts.layers))]
@@ -154,7 +182,7 @@ def _group_layer(
     n_mem: int,
     n_windows: int,
     memory_rows: torch.Tensor,
-    pattern: AttentionPattern,
+    plan: GroupPlan,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decoder layer over a group of windows.
 
@@ -174,25 +202,29 @@ def _group_layer(
     v = _split_heads(
         adapter.project(layer_idx, "v_proj", attn.v_proj, h, memory_rows), parts.num_kv_heads, parts.head_dim
     )  # (B, Hkv, G*size, hd)
-    batch = x.shape[0]
+    cos, sin = plan.cos, plan.sin  # (1, positions, hd)
+    m0 = mem_keys.shape[2]
+    # Memory entry i always sits at position i, so each entry is rotated once, not at every window.
+    rotated = [apply_rope(mem_keys, cos[:, :m0], sin[:, :m0])]  # (B, Hkv, M, hd) pieces
+    values_seen = [mem_values]
     outputs = []
     new_keys, new_values = [], []
     for j in range(n_windows):
         block = slice(j * size, (j + 1) * size)
-        k_mem = torch.cat([mem_keys, *new_keys], dim=2)  # (B, Hkv, M_j, hd)
-        v_mem = torch.cat([mem_values, *new_values], dim=2)
-        m = k_mem.shape[2]
-        positions = torch.arange(m + size, device=x.device).expand(batch, -1)  # (B, M_j+size)
-        cos, sin = parts.rope(x, positions)  # (B, M_j+size, hd)
-        q_j = apply_rope(q[:, :, block], cos[:, m:], sin[:, m:])  # (B, Hq, size, hd)
-        k_own = apply_rope(k[:, :, block], cos[:, m:], sin[:, m:])  # (B, Hkv, size, hd)
-        k_old = apply_rope(k_mem, cos[:, :m], sin[:, :m])  # (B, Hkv, M_j, hd)
-        keys = torch.cat([k_old, k_own], dim=2)  # (B, Hkv, M_j+size, hd)
-        values = torch.cat([v_mem, v[:, :, block]], dim=2)
-        mask = window_mask(window, n_mem, m, pattern, x.device)[None, None]  # (1, 1, size, M_j+size)
-        outputs.append(_attend(parts, q_j, keys, values, mask))  # (B, size, Hq*hd)
-        new_keys.append(k[:, :, block][:, :, window:])  # (B, Hkv, n, hd) pre-RoPE
-        new_values.append(v[:, :, block][:, :, window:])
+        m = m0 + j * n_mem
+        own = slice(m, m + size)
+        q_j = apply_rope(q[:, :, block], cos[:, own], sin[:, own])  # (B, Hq, size, hd)
+        k_own = apply_rope(k[:, :, block], cos[:, own], sin[:, own])  # (B, Hkv, size, hd)
+        keys = torch.cat([*rotated, k_own], dim=2)  # (B, Hkv, M_j+size, hd)
+        values = torch.cat([*values_seen, v[:, :, block]], dim=2)
+        outputs.append(_attend(parts, q_j, keys, values, plan.masks[j]))  # (B, size, Hq*hd)
+        k_mem_new = k[:, :, block][:, :, window:]  # (B, Hkv, n, hd) pre-RoPE
+        v_mem_new = v[:, :, block][:, :, window:]
+        new_keys.append(k_mem_new)
+        new_values.append(v_mem_new)
+        if j + 1 < n_windows:
+            rotated.append(apply_rope(k_mem_new, cos[:, m : m + n_mem], sin[:, m : m + n_mem]))
+            values_seen.append(v_mem_new)
     attn_out = adapter.project(layer_idx, "o_proj", attn.o_proj, torch.cat(outputs, dim=1), memory_rows)
     x = x + attn_out  # (B, G*size, D)
     x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -222,6 +254,7 @@ def compress_group(
     x = torch.cat([raw, mem], dim=2).reshape(batch, n_windows * size, -1)  # (B, G*size, D)
     offsets = torch.arange(n_windows, device=ids.device)[:, None] * size
     memory_rows = (offsets + window + torch.arange(n_mem, device=ids.device)).reshape(-1)  # (G*n,)
+    plan = GroupPlan.build(parts, x, memory[0].keys.shape[2], window, n_mem, n_windows, pattern)
     new_memory = []
     for layer_idx, layer_mem in enumerate(memory):
         fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = _group_layer
@@ -236,7 +269,7 @@ def compress_group(
             n_mem,
             n_windows,
             memory_rows,
-            pattern,
+            plan,
         )
         if checkpointing and torch.is_grad_enabled():
             x, k_new, v_new = checkpoint(fn, *args, use_reentrant=False)
