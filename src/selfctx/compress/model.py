@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from selfctx.compress.battery import DEFAULT_RATIOS, ExpertBattery, Route, route
 from selfctx.compress.engine import (
@@ -63,6 +64,11 @@ class GenerationResult:
 
 
 DEFAULT_WINDOW = 1024
+LOSS_CHUNK = 1024  # labelled tokens per logits chunk in forward_train
+
+
+def _summed_loss(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(states).float(), targets, reduction="sum")
 
 
 @dataclass
@@ -242,13 +248,23 @@ class CompressedLM(nn.Module):
         count = int((targets != -100).sum())
 
         def add_loss(start: int, hidden: torch.Tensor) -> None:
+            # Logits only at labelled positions, LOSS_CHUNK rows at a time (recomputed in the backward pass
+            # under checkpointing), so (tokens x vocabulary) logits never exist at once.
             nonlocal total
             span = targets[:, start : start + hidden.shape[1]]  # (B, T)
-            if (span != -100).any():
-                logits = self.parts.lm_head(hidden).float()  # (B, T, V)
-                total = total + F.cross_entropy(
-                    logits.flatten(0, 1), span.flatten(), ignore_index=-100, reduction="sum"
-                )
+            keep = span != -100
+            if not keep.any():
+                return
+            states, wanted = hidden[keep], span[keep]  # (K, D), (K,)
+            for first in range(0, wanted.numel(), LOSS_CHUNK):
+                part = slice(first, first + LOSS_CHUNK)
+                if checkpointing and torch.is_grad_enabled():
+                    piece = checkpoint(
+                        _summed_loss, self.parts.lm_head, states[part], wanted[part], use_reentrant=False
+                    )
+                else:
+                    piece = _summed_loss(self.parts.lm_head, states[part], wanted[part])
+                total = total + piece
 
         memory, tail = self.compress_ids(
             input_ids, ratio, group_windows=group_windows, on_hidden=add_loss, checkpointing=checkpointing
