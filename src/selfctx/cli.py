@@ -26,6 +26,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("eval", "eval"),
     ("train", "train"),
     ("serve", "serve"),
+    ("extend", "extend"),
 ]
 
 for verb, module_name in COMMANDS:

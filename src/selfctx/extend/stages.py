@@ -1,0 +1,205 @@
+"""The four stages of `selfctx extend`: synth -> train -> eval -> report, over the library APIs.
+
+synth   OUT/synth: the passage pool and the task dataset written by the model itself (run_synth; resumes
+        through its call cache)
+train   OUT/train: one LoRA expert per planned ratio (run_experts; resumes from OUT/train/r<ratio>/
+        checkpoints), then OUT/experts (the battery `selfctx serve --experts` and
+        `CompressedLM.from_pretrained(model, experts=...)` load)
+eval    OUT/eval: truncation to the native window vs the experts on a needle grid up to the target length
+        (resumes cell by cell), plus the comparison report of selfctx.eval.report
+report  OUT/REPORT.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from selfctx.errors import SelfctxError
+from selfctx.extend.plan import Plan
+from selfctx.extend.runner import Stage
+from selfctx.fsutil import write_json_atomic
+
+EXPERTS = "experts"
+
+
+def build_stages(plan: Plan, out: Path, *, command: str) -> list[Stage]:
+    configs = plan.stage_configs()
+    return [
+        Stage(
+            "synth", configs["synth"], lambda folder: synth_stage(plan, folder, command), keep_on_change=True
+        ),
+        Stage("train", configs["train"], lambda folder: train_stage(plan, folder, out)),
+        Stage("eval", configs["eval"], lambda folder: eval_stage(plan, folder, out)),
+        Stage("report", configs["report"], lambda folder: report_stage(plan, folder, out, command)),
+    ]
+
+
+def synth_stage(plan: Plan, folder: Path, command: str) -> dict[str, Any]:
+    from selfctx.synth.pipeline import run_synth
+
+    summary = run_synth(plan.synth, folder, command=command)
+    pool = summary["stages"]["pool"]
+    return {
+        "samples": summary["samples"],
+        "length": summary["length"],
+        "pool_passages": pool["passages"],
+        "pool_tokens": pool["tokens"],
+        "tasks": {name: t["kept"] for name, t in summary["stages"]["tasks"].items()},
+        "generated_tokens_per_s": summary["generated_tokens_per_s"],
+        "backend": summary["backend"],
+    }
+
+
+def _synth_rows(folder: Path) -> int:
+    return sum(
+        1 for f in (folder / "data").glob("*.jsonl") for line in f.read_text().splitlines() if line.strip()
+    )
+
+
+def train_stage(plan: Plan, folder: Path, out: Path) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from selfctx.train.experts import run_experts
+
+    cfg = plan.experts
+    if _synth_rows(out / "synth") == 0:  # the model wrote no usable sample: train on its passages alone
+        sources = [s for s in cfg.data.sources if s.kind != "synth"]
+        cfg = replace(cfg, data=replace(cfg.data, sources=sources))
+    result = run_experts(cfg)
+    if result.experts_dir is None:
+        raise SelfctxError(f"training in {folder} stopped before its last step: rerun the same command")
+    _publish(result.experts_dir, out / EXPERTS)
+    experts: dict[str, Any] = {}
+    for name in sorted(os.listdir(folder)):
+        log = folder / name / "train_log.jsonl"
+        if log.is_file():
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            losses = [r["loss"] for r in rows if "loss" in r]
+            experts[name] = {
+                "steps": rows[-1].get("step") if rows else 0,
+                "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+            }
+    return {
+        "ratios": list(plan.ratios),
+        "window": cfg.experts.window,
+        "native_context": cfg.experts.native_context,
+        "sources": [s.kind for s in cfg.data.sources],
+        "experts_dir": str(out / EXPERTS),
+        "experts": experts,
+    }
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Copy the trained battery to OUT/experts in one rename (a reader never sees a partial folder)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def eval_stage(plan: Plan, folder: Path, out: Path) -> dict[str, Any]:
+    from selfctx.compress import CompressedLM
+    from selfctx.eval.methods import CompressedMethod, Method, describe
+    from selfctx.eval.needle import NeedleGrid, load_haystack, run_needle
+    from selfctx.eval.report import build_report
+
+    ev = plan.config.eval
+    model, tokenizer = load_base_for_eval(plan)
+    compressed = CompressedLM.from_pretrained(model, experts=out / EXPERTS, tokenizer=tokenizer)
+    methods: list[Method] = [
+        baseline_method(plan, model, tokenizer),
+        CompressedMethod(compressed, name=f"experts-x{'-'.join(map(str, plan.ratios))}"),
+    ]
+    grid = NeedleGrid(
+        lengths=plan.needle_lengths,
+        depths=tuple(ev.depths),
+        variant=ev.variant,
+        samples=ev.samples,
+        max_new_tokens=ev.max_new_tokens,
+    )
+    haystack = load_haystack(out / "synth" / "pool")
+    folders: list[Path] = []
+    results: dict[str, Any] = {}
+    for method in methods:
+        run_dir = folder / "needle" / method.name
+        summary = run_needle(method, haystack, grid, run_dir)
+        write_json_atomic(
+            run_dir / "run.json",
+            {**describe(method), "benchmark": "needle", "haystack": str(out / "synth" / "pool")},
+        )
+        folders.append(run_dir)
+        results[method.name] = {
+            "mean_score": summary["mean_score"],
+            "mean_rouge_recall": summary["mean_rouge_recall"],
+            "score_by_length_depth": summary["score_by_length_depth"],
+            "memory_bytes_by_length": summary["memory_bytes_by_length"],
+        }
+    built = build_report(folders, folder / "report")
+    by_method = {
+        run["method"]: {
+            "effective_ratio": run["effective_ratio"],
+            "mean_memory_bytes": run["mean_memory_bytes"],
+        }
+        for run in built["runs"]
+    }
+    for name, figures in by_method.items():
+        results.setdefault(name, {}).update(figures)
+    return {
+        "baseline_backend": type(methods[0]).__name__,
+        "needle": results,
+        "grid": {"lengths": list(grid.lengths), "depths": list(grid.depths), "variant": grid.variant},
+        "runs": [str(f.relative_to(out)) for f in folders],
+        "held_out_synthetic": None,  # selfctx.eval.synthetic had not landed when this stage was written
+    }
+
+
+def baseline_method(plan: Plan, model: Any, tokenizer: Any) -> Any:
+    """Truncation to the native window (capped), through transformers or llama.cpp (eval.baseline_backend)."""
+    from selfctx.eval.methods import HFMethod, LlamaCppMethod
+    from selfctx.train.experts import TINY
+
+    native = plan.native_context
+    backend = plan.config.eval.baseline_backend
+    gguf = None
+    if backend != "hf" and plan.config.model != TINY:
+        from selfctx.models import resolve_model
+
+        spec = resolve_model(plan.config.model)
+        gguf = str(Path(spec.folder) / spec.gguf_file) if spec.gguf_file else None
+    if backend == "llamacpp" and gguf is None:
+        raise SelfctxError(
+            f"eval.baseline_backend=llamacpp needs a .gguf model, not {plan.config.model}: "
+            "set it to hf or auto"
+        )
+    if gguf is not None:
+        return LlamaCppMethod(gguf, tokenizer, name=f"truncate-{native}", limit=native, n_ctx=native)
+    return HFMethod(model, tokenizer, name=f"truncate-{native}", limit=native)
+
+
+def load_base_for_eval(plan: Plan) -> tuple[Any, Any]:
+    """The frozen base model the experts were trained on (the tiny test model is saved beside them)."""
+    from selfctx.models import load_causal_lm
+    from selfctx.train.experts import TINY
+
+    name = plan.config.model
+    if name == TINY:
+        from transformers import AutoModelForCausalLM
+
+        from selfctx.tiny import tiny_tokenizer
+
+        base = Path(plan.experts.loop.output_dir) / "base"
+        return AutoModelForCausalLM.from_pretrained(str(base)), tiny_tokenizer()
+    return load_causal_lm(name, dtype=plan.config.eval.dtype)
+
+
+def report_stage(plan: Plan, folder: Path, out: Path, command: str) -> dict[str, Any]:
+    from selfctx.extend.report import write_report
+
+    path = write_report(plan, out, command)
+    return {"report": str(path.relative_to(out))}
