@@ -106,3 +106,13 @@ def test_layering_config_file_set_and_flags(tmp_path: Path) -> None:
 def test_bad_settings_are_one_line_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(SelfctxError, match=match):
         load_extend_config("smollm2-135m", **kwargs)
+
+
+def test_prompt_margin_makes_the_longest_needle_prompt_route() -> None:
+    # x4 reads up to 2815 tokens at window 256, native 1024, budget 128: 2048 fit, 2048 + 800 do not
+    assert ratio_plan(2048, 256, 1024, 128, 4) == (4,)
+    ratios = ratio_plan(2048, 256, 1024, 128, 4, margin=800)
+    assert ratios == (4, 8)
+    assert route(2048 + 800, 128, 1024, 256, ratios).ratio == 8
+    with pytest.raises(SelfctxError, match=r"\+800 of prompt"):
+        ratio_plan(1_000_000, 256, 1024, 128, 4, margin=800)

@@ -3,7 +3,8 @@
 A budget scales data size, training steps and the evaluation grid; `--config FILE` (keys of ExtendConfig)
 goes over the budget, and `--model` / `--target-length` over both. The expert ratios are not configured but
 planned: the consecutive powers of two from `min_ratio` up to the first one with which the router
-(`selfctx.compress.battery.route`) fits `target_length` tokens plus the question/answer budget into the
+(`selfctx.compress.battery.route`) fits `target_length` tokens (plus `eval.prompt_margin` tokens of prompt
+around them) and the question/answer budget into the
 model's native context (capped by `experts.experts.native_context`) with the chosen window.
 """
 
@@ -36,6 +37,9 @@ class EvalSettings:
     samples: int = 1
     max_new_tokens: int = 24
     answer_budget: int = 128  # question + answer tokens the router keeps free (also sizes the ratio plan)
+    # tokens the eval prompt wraps around a target-length context (instructions, chat template): the ratio
+    # plan fits target_length + prompt_margin, so the longest needle cell routes too
+    prompt_margin: int = 64
     dtype: str = "auto"
     # the truncation baseline: hf (the same transformers model as the experts) or llamacpp (the same GGUF
     # weights through llama.cpp, several times faster on CPU; f16 KV cache); auto: llamacpp for a GGUF model
@@ -50,6 +54,8 @@ class EvalSettings:
             raise ValueError(f"eval.variant {self.variant!r} is not one of {', '.join(VARIANTS)}")
         if self.grid_points < 1 or self.samples < 1 or self.max_new_tokens < 1 or self.answer_budget < 1:
             raise ValueError("eval.grid_points, samples, max_new_tokens and answer_budget must be >= 1")
+        if self.prompt_margin < 0:
+            raise ValueError(f"eval.prompt_margin must be >= 0 tokens, got {self.prompt_margin}")
         if not self.depths or any(not 0 <= d <= 1 for d in self.depths):
             raise ValueError(f"eval.depths must be fractions between 0 and 1, got {self.depths}")
 
@@ -183,9 +189,15 @@ def load_extend_config(
 
 
 def ratio_plan(
-    target_length: int, window: int, native_context: int, answer_budget: int, min_ratio: int = 2
+    target_length: int,
+    window: int,
+    native_context: int,
+    answer_budget: int,
+    min_ratio: int = 2,
+    margin: int = 0,
 ) -> tuple[int, ...]:
-    """Consecutive powers of two from `min_ratio` up to the first ratio that fits `target_length` tokens."""
+    """Consecutive powers of two from `min_ratio` up to the first ratio that fits `target_length` (+
+    `margin`: the prompt around the input) tokens."""
     from selfctx.compress.battery import longest_supported
 
     if native_context - window - answer_budget <= 0:
@@ -198,13 +210,14 @@ def ratio_plan(
     ratio = min_ratio
     while ratio <= window:
         ratios.append(ratio)
-        if longest_supported(answer_budget, native_context, window, (ratio,)) >= target_length:
+        if longest_supported(answer_budget, native_context, window, (ratio,)) >= target_length + margin:
             return tuple(ratios)
         ratio *= 2
     best = longest_supported(answer_budget, native_context, window, tuple(ratios) or (window,))
     raise SelfctxError(
-        f"target length {target_length} tokens is out of reach: with window {window} and native context "
-        f"{native_context} even ratio {ratios[-1] if ratios else window} reads at most {best} tokens; "
+        f"target length {target_length} tokens (+{margin} of prompt) is out of reach: with window {window} "
+        f"and native context {native_context} even ratio {ratios[-1] if ratios else window} reads at most "
+        f"{best} tokens; "
         "lower --target-length or raise experts.experts.window / native_context"
     )
 
@@ -279,7 +292,10 @@ def make_plan(cfg: ExtendConfig, out: Path, *, native_of_model: int | None = Non
             f"cannot read the native context of {cfg.model}: set experts.experts.native_context in --config"
         )
     native = min(caps)
-    ratios = ratio_plan(cfg.target_length, e.window, native, cfg.eval.answer_budget, cfg.min_ratio)
+    ev = cfg.eval
+    ratios = ratio_plan(
+        cfg.target_length, e.window, native, ev.answer_budget, cfg.min_ratio, margin=ev.prompt_margin
+    )
     synth = replace(cfg.synth, model=cfg.model)
     sources = [
         DataSource(kind="synth", path=str(out / "synth"), weight=0.7),
@@ -292,7 +308,6 @@ def make_plan(cfg: ExtendConfig, out: Path, *, native_of_model: int | None = Non
         data=replace(cfg.experts.data, sources=sources),
         loop=replace(cfg.experts.loop, output_dir=str(out / "train")),
     )
-    ev = cfg.eval
     if ev.lengths:
         lengths = tuple(sorted(ev.lengths))
     else:

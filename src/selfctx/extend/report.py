@@ -19,7 +19,9 @@ MIB = 1024 * 1024
 
 
 def _mib(value: Any) -> str:
-    return "-" if not value else f"{value / MIB:,.0f}"
+    if not value:
+        return "-"
+    return f"{value / MIB:,.0f}" if value >= 10 * MIB else f"{value / MIB:.3g}"  # small models: KiB show
 
 
 def _fmt(value: Any) -> str:
