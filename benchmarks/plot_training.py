@@ -28,7 +28,9 @@ def markdown_table(runs: dict[str, list[dict[str, Any]]]) -> str:
         tokens = sum(int(r["tokens"]) for r in rows)
         seconds = sum(float(r["step_s"]) for r in rows)
         peak = max(float(r.get("memory_mb") or 0) for r in rows)
-        lines.append(f"| {label} | " + " | ".join(losses) + f" | {tokens} | {tokens / seconds:.1f} | {peak:.0f} |")
+        lines.append(
+            f"| {label} | " + " | ".join(losses) + f" | {tokens} | {tokens / seconds:.1f} | {peak:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -50,7 +52,9 @@ def plot(runs: dict[str, list[dict[str, Any]]], png: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     parser.add_argument("logs", nargs="+", help="LABEL=PATH to a train_log.jsonl")
     args = parser.parse_args()

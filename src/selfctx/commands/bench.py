@@ -6,8 +6,10 @@ import importlib
 
 import typer
 
-app = typer.Typer(help="Benchmarks: each prints its figures beside a baseline measured in the same run.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks: each prints its figures beside a baseline measured in the same run.",
+    no_args_is_help=True,
+)
 
 # (sub-verb, module under selfctx.bench exposing `command`)
 BENCHES: list[tuple[str, str]] = [

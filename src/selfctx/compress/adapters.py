@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -72,6 +72,7 @@ class MemoryAdapter(nn.Module):
 
     config: AdapterConfig
     memory_embedding: nn.Parameter
+    layers: nn.ModuleList  # one ModuleDict per decoder layer, keyed by projection name
 
     @property
     def applies_everywhere(self) -> bool:
@@ -85,6 +86,10 @@ class MemoryAdapter(nn.Module):
         `memory_rows` holds the indices (along T) of memory tokens, or None when the block has none.
         """
         raise NotImplementedError
+
+    def _targets(self, layer: int) -> nn.ModuleDict:
+        """This adapter's modules of one layer, by projection name."""
+        return cast(nn.ModuleDict, self.layers[layer])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -100,6 +105,7 @@ class LoRAExpert(MemoryAdapter):
         ref = init_embedding
         self.memory_embedding = nn.Parameter(ref.detach().clone())  # (D,)
         self.layers = nn.ModuleList()
+        layer: Any
         for index, layer in enumerate(layers):
             shapes = _linear_shapes(layer.self_attn)
             per_layer = nn.ModuleDict()
@@ -110,18 +116,12 @@ class LoRAExpert(MemoryAdapter):
             )
             for name in live:
                 din, dout = shapes[name]
-                lora = nn.ModuleDict(
-                    {
-                        "lora_A": nn.Linear(din, config.rank, bias=False, device=ref.device, dtype=ref.dtype),
-                        "lora_B": nn.Linear(
-                            config.rank, dout, bias=False, device=ref.device, dtype=ref.dtype
-                        ),
-                    }
-                )
+                lora_a = nn.Linear(din, config.rank, bias=False, device=ref.device, dtype=ref.dtype)
+                lora_b = nn.Linear(config.rank, dout, bias=False, device=ref.device, dtype=ref.dtype)
                 # PEFT's default init: A Kaiming-uniform, B zero, so an untrained expert equals the base.
-                nn.init.kaiming_uniform_(lora["lora_A"].weight, a=math.sqrt(5))
-                nn.init.zeros_(lora["lora_B"].weight)
-                per_layer[name] = lora
+                nn.init.kaiming_uniform_(lora_a.weight, a=math.sqrt(5))
+                nn.init.zeros_(lora_b.weight)
+                per_layer[name] = nn.ModuleDict({"lora_A": lora_a, "lora_B": lora_b})
             self.layers.append(per_layer)
 
     @property
@@ -129,14 +129,14 @@ class LoRAExpert(MemoryAdapter):
         return self.config.lora_on == "all"
 
     def _delta(self, layer: int, name: str, x: torch.Tensor) -> torch.Tensor:
-        lora = self.layers[layer][name]
+        lora: Any = self._targets(layer)[name]
         return lora["lora_B"](lora["lora_A"](x)) * self.scale
 
     def project(
         self, layer: int, name: str, base: nn.Linear, x: torch.Tensor, memory_rows: torch.Tensor | None
     ) -> torch.Tensor:
         out = base(x)  # (B, T, Dout): frozen weights for every row
-        if name not in self.layers[layer]:
+        if name not in self._targets(layer):
             return out
         if self.applies_everywhere:
             return out + self._delta(layer, name, x)
@@ -173,9 +173,9 @@ class MHACloneCompressor(MemoryAdapter):
         self, layer: int, name: str, base: nn.Linear, x: torch.Tensor, memory_rows: torch.Tensor | None
     ) -> torch.Tensor:
         out = base(x)  # (B, T, Dout)
-        if memory_rows is None or memory_rows.numel() == 0 or name not in self.layers[layer]:
+        if memory_rows is None or memory_rows.numel() == 0 or name not in self._targets(layer):
             return out
-        clone = self.layers[layer][name]
+        clone = self._targets(layer)[name]
         return out.index_copy(1, memory_rows, clone(x.index_select(1, memory_rows)))  # memory rows replaced
 
 

@@ -29,7 +29,7 @@ def _folder_name(config: AdapterConfig) -> str:
     return "mha-clone" if config.kind == "mha_clone" else f"expert-r{config.ratio}"
 
 
-def _init_embedding(model: nn.Module, token_id: int | None) -> tuple[torch.Tensor, int]:
+def _init_embedding(model: Any, token_id: int | None) -> tuple[torch.Tensor, int]:
     """The memory embedding starts as an existing token's embedding (BOS, else EOS, else token 0), so the
     untrained memory token reads like a real token rather than noise."""
     config = model.config
@@ -61,7 +61,8 @@ class ExpertBattery(nn.Module):
         unique: dict[int, MemoryAdapter] = {}
         for adapter in adapters.values():
             unique.setdefault(id(adapter), adapter)
-        self.adapters = nn.ModuleList(unique.values())  # registered once each (the clone is shared)
+        # Registered once each (the clone is shared); typed by what it holds.
+        self.adapters: list[MemoryAdapter] = nn.ModuleList(unique.values())  # type: ignore[assignment]
         self._by_ratio = adapters
         # The window mechanism the battery was trained under (window, native_context, pattern): saved with it
         # so inference uses the same settings by default.
@@ -69,7 +70,7 @@ class ExpertBattery(nn.Module):
 
     @staticmethod
     def create(
-        model: nn.Module,
+        model: Any,
         ratios: tuple[int, ...] | list[int] = DEFAULT_RATIOS,
         *,
         kind: str = "lora",
@@ -153,7 +154,7 @@ class ExpertBattery(nn.Module):
         )
 
     @staticmethod
-    def load(folder: str | Path, model: nn.Module) -> ExpertBattery:
+    def load(folder: str | Path, model: Any) -> ExpertBattery:
         """Load a saved battery for `model`; shapes are checked against it."""
         folder = Path(folder)
         index = folder / "battery.json"

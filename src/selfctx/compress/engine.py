@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ class BaseParts:
     scaling: float
 
     @staticmethod
-    def from_model(model: nn.Module) -> BaseParts:
+    def from_model(model: Any) -> BaseParts:  # a transformers PreTrainedModel (dynamic attributes)
         config = model.config
         model_type = getattr(config, "model_type", "?")
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -92,7 +92,7 @@ class BaseParts:
 
     def rope(self, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (B, T, hd) for integer positions (B, T)."""
-        return self.rotary_emb(like, positions)  # type: ignore[no-any-return]
+        return self.rotary_emb(like, positions)
 
 
 def _split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
@@ -189,7 +189,7 @@ def _group_layer(
     x (B, G*(W+n), D); mem_keys/values (B, Hkv, M, hd) pre-RoPE memory before the group.
     Returns the layer output (B, G*(W+n), D) and the group's new memory keys/values (B, Hkv, G*n, hd).
     """
-    layer = parts.layers[layer_idx]
+    layer: Any = parts.layers[layer_idx]
     attn = layer.self_attn
     size = window + n_mem
     h = layer.input_layernorm(x)  # (B, G*size, D)
@@ -350,6 +350,7 @@ def extend(
     def project(layer_idx: int, name: str, linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
         return adapter.project(layer_idx, name, linear, h, None) if everywhere else linear(h)  # type: ignore[union-attr]
 
+    layer: Any
     for layer_idx, layer in enumerate(parts.layers):
         attn = layer.self_attn
         h = layer.input_layernorm(x)

@@ -406,7 +406,7 @@ class CompressedLM(nn.Module):
         completions = self._decode(memory, rows, max_new_tokens, temperature, top_p, seed)
         finished = time.perf_counter()
         return GenerationResult(
-            texts=[tokenizer.decode(c, skip_special_tokens=True) for c in completions],
+            texts=[str(tokenizer.decode(c, skip_special_tokens=True)) for c in completions],
             expert=memory.info.adapter,
             ratio=memory.info.ratio,
             requested_ratio=self.route_for(
