@@ -163,6 +163,18 @@ def test_grouping_windows_does_not_change_the_result(pattern):
             assert torch.allclose(one, lm.logits(ids, 4, group_windows=group), atol=1e-5)
 
 
+def test_inference_buffers_equal_the_autograd_path():
+    """Without autograd a group reuses one key/value buffer per layer; with it, pieces are concatenated."""
+    lm = make_lm(ratios=(4,))
+    randomize(lm.battery, 3)
+    ids = ids_of(2, 5 * WINDOW + 3)
+    with torch.no_grad():
+        buffered = lm.logits(ids, 4, group_windows=5)
+    with torch.enable_grad():
+        concatenated = lm.logits(ids, 4, group_windows=5).detach()
+    assert torch.allclose(buffered, concatenated, atol=1e-5)
+
+
 def _merged_copy(lm: CompressedLM, ratio: int):
     """A plain HF model whose attention weights include the expert's LoRA (valid for lora_on='all')."""
     import copy

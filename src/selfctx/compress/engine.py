@@ -37,14 +37,15 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 AttentionPattern = Literal["full-coverage", "segmentation", "step-expansion"]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, hd); cos/sin (B or 1, T, hd) -> x rotated to those positions."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+    """x (B, H, T, hd); cos/sin (B or 1, T, hd) -> x rotated to those positions.
+
+    The same rotation as transformers' `x * cos + rotate_half(x) * sin`, with rotate_half's sign folded into
+    the (small, head-shared) sin table, so the per-head work is one roll and one fused multiply-add instead of
+    two slices, a negation and a concatenation (elementwise passes are a large share of CPU prefill)."""
+    half = x.shape[-1] // 2
+    sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
+    return torch.addcmul(x * cos.unsqueeze(1), x.roll(half, dims=-1), sin_signed)
 
 
 @dataclass
@@ -142,8 +143,10 @@ class LayerMemory:
 class GroupPlan:
     """What every layer of one group shares: RoPE tables for all its positions and each window's mask."""
 
-    cos: torch.Tensor  # (1, M + (G-1)*n + W + n, hd)
+    cos: torch.Tensor  # (1, M + (G-1)*n + W + n, hd), by position
     sin: torch.Tensor
+    cos_own: torch.Tensor  # (1, G*(W+n), hd): each token of the group at its position in its own window
+    sin_own: torch.Tensor
     masks: list[torch.Tensor]  # window j: (1, 1, W+n, M + j*n + W+n) bool
 
     @staticmethod
@@ -159,16 +162,63 @@ class GroupPlan:
         total = memory_len + (n_windows - 1) * n_mem + window + n_mem
         positions = torch.arange(total, device=like.device)[None]  # (1, total)
         cos, sin = parts.rope(like, positions)
+        size = window + n_mem
+        # Window j's own block [raw, new memory] sits at positions M + j*n .. M + j*n + size - 1.
+        starts = memory_len + n_mem * torch.arange(n_windows, device=like.device)[:, None]  # (G, 1)
+        own = (starts + torch.arange(size, device=like.device)).reshape(-1)  # (G*size,)
         masks = [
             window_mask(window, n_mem, memory_len + j * n_mem, pattern, like.device)[None, None]
             for j in range(n_windows)
         ]
-        return GroupPlan(cos, sin, masks)
+        return GroupPlan(cos, sin, cos[:, own], sin[:, own], masks)
 
 
 def empty_memory(parts: BaseParts, batch: int, like: torch.Tensor) -> list[LayerMemory]:
     shape = (batch, parts.num_kv_heads, 0, parts.head_dim)
     return [LayerMemory(like.new_zeros(shape), like.new_zeros(shape)) for _ in range(len(parts.layers))]
+
+
+class _SeenKV:
+    """The rotated memory keys/values a window attends to, growing by n entries per window of a group.
+
+    With autograd on, pieces are concatenated afresh for each window (tensors saved for backward must not be
+    written again). Without it, one buffer per layer holds [memory | new memory so far | current block]: each
+    window writes only its own block and then its n memory entries over the block's start, instead of copying
+    the whole memory again."""
+
+    def __init__(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int, buffered: bool
+    ) -> None:
+        self.keys, self.values, self.length, self.buffered = keys, values, length, buffered
+
+    @staticmethod
+    def start(keys: torch.Tensor, values: torch.Tensor, room: int) -> _SeenKV:
+        if torch.is_grad_enabled():
+            return _SeenKV([keys], [values], keys.shape[2], buffered=False)
+        b, h, m, d = keys.shape
+        key_buf = keys.new_empty(b, h, m + room, d)
+        value_buf = values.new_empty(b, h, m + room, d)
+        key_buf[:, :, :m] = keys
+        value_buf[:, :, :m] = values
+        return _SeenKV([key_buf], [value_buf], m, buffered=True)
+
+    def with_block(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.buffered:
+            end = self.length + keys.shape[2]
+            self.keys[0][:, :, self.length : end] = keys
+            self.values[0][:, :, self.length : end] = values
+            return self.keys[0][:, :, :end], self.values[0][:, :, :end]
+        return torch.cat([*self.keys, keys], dim=2), torch.cat([*self.values, values], dim=2)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        if self.buffered:
+            end = self.length + keys.shape[2]
+            self.keys[0][:, :, self.length : end] = keys
+            self.values[0][:, :, self.length : end] = values
+        else:
+            self.keys.append(keys)
+            self.values.append(values)
+        self.length += keys.shape[2]
 
 
 def _group_layer(
@@ -205,26 +255,25 @@ def _group_layer(
     cos, sin = plan.cos, plan.sin  # (1, positions, hd)
     m0 = mem_keys.shape[2]
     # Memory entry i always sits at position i, so each entry is rotated once, not at every window.
-    rotated = [apply_rope(mem_keys, cos[:, :m0], sin[:, :m0])]  # (B, Hkv, M, hd) pieces
-    values_seen = [mem_values]
+    seen = _SeenKV.start(
+        apply_rope(mem_keys, cos[:, :m0], sin[:, :m0]), mem_values, (n_windows - 1) * n_mem + size
+    )
+    # Every window's queries and own keys rotated in one pass each (positions differ per window, see plan).
+    q_rot = apply_rope(q, plan.cos_own, plan.sin_own)  # (B, Hq, G*size, hd)
+    k_rot = apply_rope(k, plan.cos_own, plan.sin_own)  # (B, Hkv, G*size, hd)
     outputs = []
     new_keys, new_values = [], []
     for j in range(n_windows):
         block = slice(j * size, (j + 1) * size)
         m = m0 + j * n_mem
-        own = slice(m, m + size)
-        q_j = apply_rope(q[:, :, block], cos[:, own], sin[:, own])  # (B, Hq, size, hd)
-        k_own = apply_rope(k[:, :, block], cos[:, own], sin[:, own])  # (B, Hkv, size, hd)
-        keys = torch.cat([*rotated, k_own], dim=2)  # (B, Hkv, M_j+size, hd)
-        values = torch.cat([*values_seen, v[:, :, block]], dim=2)
-        outputs.append(_attend(parts, q_j, keys, values, plan.masks[j]))  # (B, size, Hq*hd)
+        keys, values = seen.with_block(k_rot[:, :, block], v[:, :, block])  # (B, Hkv, M_j+size, hd)
+        outputs.append(_attend(parts, q_rot[:, :, block], keys, values, plan.masks[j]))  # (B, size, Hq*hd)
         k_mem_new = k[:, :, block][:, :, window:]  # (B, Hkv, n, hd) pre-RoPE
         v_mem_new = v[:, :, block][:, :, window:]
         new_keys.append(k_mem_new)
         new_values.append(v_mem_new)
         if j + 1 < n_windows:
-            rotated.append(apply_rope(k_mem_new, cos[:, m : m + n_mem], sin[:, m : m + n_mem]))
-            values_seen.append(v_mem_new)
+            seen.append(apply_rope(k_mem_new, cos[:, m : m + n_mem], sin[:, m : m + n_mem]), v_mem_new)
     attn_out = adapter.project(layer_idx, "o_proj", attn.o_proj, torch.cat(outputs, dim=1), memory_rows)
     x = x + attn_out  # (B, G*size, D)
     x = x + layer.mlp(layer.post_attention_layernorm(x))
