@@ -67,7 +67,7 @@ def test_every_budget_plans(budget: str, tmp_path: Path) -> None:
 def test_smoke_budget_is_small() -> None:
     cfg = load_extend_config("smollm2-135m", "smoke")
     plan = make_plan(cfg, Path("/x"), native_of_model=8192)
-    assert plan.ratios == (4,) and plan.native_context == 1024
+    assert plan.ratios == (4,) and plan.native_context == 512 and plan.experts.experts.window == 128
     assert plan.experts.loop.max_steps <= 3 and plan.synth.per_task == 1 and len(plan.synth.tasks) == 2
     assert len(plan.needle_lengths) * len(cfg.eval.depths) == 4
 

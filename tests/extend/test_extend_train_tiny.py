@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from selfctx.extend.plan import load_extend_config, make_plan
 from selfctx.extend.runner import DONE, Stage, run_stages
@@ -58,7 +59,11 @@ def test_train_stage_publishes_a_loadable_battery_and_reruns_skip(tmp_path: Path
     assert set(outputs["experts"]) == {"r2", "r4"} and all(
         e["steps"] == 1 for e in outputs["experts"].values()
     )
-    model, tokenizer = load_base_for_eval(plan)
+    model, tokenizer = load_base_for_eval(plan)  # the train stage's own base model, handed over once
+    again_loaded, _ = load_base_for_eval(plan)  # the next call loads the saved base
+    assert again_loaded is not model and not model.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, again_loaded.state_dict()[name]), name
     lm = CompressedLM.from_pretrained(model, experts=tmp_path / "experts", tokenizer=tokenizer)
     assert lm.battery.ratios == (2, 4) and lm.window == 32 and lm.native_context == 128
     # a rerun with the same config skips; one more step (a changed config) retrains from scratch

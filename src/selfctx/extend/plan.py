@@ -80,20 +80,20 @@ class ExtendConfig:
 # Budget presets as plain config dicts. Sizes follow the packaged experts presets (smollm2-cpu, smollm2-gpu,
 # llama-7b); the smoke budget is the smallest run that still exercises every stage on the embedded model.
 _SMOKE: dict[str, Any] = {
-    "target_length": 2048,
+    "target_length": 1024,
     "min_ratio": 4,
     "synth": {
         "backend": "llamacpp",
         "tasks": ["qa", "summarization"],
         "per_task": 1,
-        "length": "1k",
+        "length": "512",
         "pool_shard_size": 8,
         "max_attempts_per_sample": 2,
         "gen": {"passage_words": 60, "passage_max_tokens": 120, "answer_max_tokens": 60},
     },
     "experts": {
-        "experts": {"rank": 4, "alpha": 8, "window": 256, "native_context": 1024, "group_tokens": 4096},
-        "data": {"min_tokens": 256, "max_tokens": 1280},
+        "experts": {"rank": 4, "alpha": 8, "window": 128, "native_context": 512, "group_tokens": 2048},
+        "data": {"min_tokens": 128, "max_tokens": 640},
         "loop": {
             "max_steps": 2,
             "micro_batch_size": 1,
@@ -140,8 +140,9 @@ _PAPER: dict[str, Any] = {
 }
 _BUDGET_DICTS = {"smoke": _SMOKE, "cpu-hours": _CPU_HOURS, "gpu-hour": _GPU_HOUR, "paper": _PAPER}
 BUDGET_HELP = {
-    "smoke": "embedded-model rehearsal: 2 tasks x 1 sample of ~1K tokens, 2 training steps per expert at "
-    "window 256 (native capped at 1K), a 2-length x 2-depth needle grid; minutes on a 2-core CPU",
+    "smoke": "embedded-model rehearsal: 2 tasks x 1 sample of ~512 tokens, 2 training steps of one x4 expert "
+    "at window 128 (native capped at 512, 1K target), a 2-length x 2-depth needle grid; minutes on a 2-core "
+    "CPU",
     "cpu-hours": "SmolLM2 on 2 CPU cores (experts preset smollm2-cpu; 6 tasks x 8 samples of 2-8K tokens, "
     "8K target): a few hours (estimate)",
     "gpu-hour": "SmolLM2-size model on one GPU (experts preset smollm2-gpu; 6 x 200 samples of 2-16K, 32K "
