@@ -1,12 +1,14 @@
 """The comparison of issues #4/#5/#8 at CPU scale.
 
-One loaded model, several methods, the same needle grid (and the held-out synthetic checks when
-`selfctx.eval.synthetic` is installed), then one report.
+One loaded model, several methods, the same needle grid and/or the held-out synthetic checks
+(`--synthetic POOL`: selfctx.eval.synthetic, facts about nouns held out from training among the pool's
+passages; `--exclude-from DATASET` keeps a training dataset's nouns out), then one report.
 
     python benchmarks/compare_methods.py --haystack ../shared/data/paul_graham_essays --out runs/compare \
         --experts synth=runs/experts-cpu-synth/experts --experts nosynth=runs/experts-cpu-nosynth/experts \
         --experts clone=runs/experts-cpu-clone/experts --untrained --truncate 1024 --full \
-        --finetune runs/finetune-cpu-short/final
+        --finetune runs/finetune-cpu-short/final \
+        --synthetic runs/pool-seed0 --exclude-from runs/synth-train --synthetic-lengths 2000,4000
 
 Methods: `truncate-<N>` (prompt middle-truncated to N tokens: the experts' capped native window), `full`
 (full attention over the whole input), `experts-<name>` (a trained battery at a forced ratio), `untrained`
@@ -71,12 +73,38 @@ def _finetune_method(folder: str, base_name: str) -> Any:
     return HFMethod(tuned, tokenizer, name="finetune-yarn", limit=None)
 
 
+def _run_synthetic(args: argparse.Namespace, method: Any) -> Path:
+    """The held-out synthetic checks (selfctx.eval.synthetic) for one method, in OUT/synthetic/<name>."""
+    from selfctx.commands.eval import _write_run
+    from selfctx.eval.synthetic import CHECKS, run_synthetic_checks
+
+    folder = args.out / "synthetic" / method.name
+    started = time.perf_counter()
+    summary = run_synthetic_checks(
+        method,
+        pool=args.synthetic,
+        out=folder,
+        lengths=[int(v) for v in (args.synthetic_lengths or args.lengths).split(",")],
+        depths=[float(v) for v in args.synthetic_depths.split(",")],
+        checks=[c for c in args.synthetic_checks.split(",") if c] or CHECKS,
+        samples=args.synthetic_samples,
+        exclude_from=args.exclude_from,
+    )
+    _write_run(folder, method, {"task": "synthetic", "pool": args.synthetic})
+    checks = ", ".join(f"{c} {f['mean_score']:.2f}" for c, f in summary["by_check"].items())
+    print(
+        f"{method.name}: synthetic mean {summary['mean_score']:.3f} ({checks}; "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--haystack", required=True)
+    parser.add_argument("--haystack", default="", help="needle haystack folder (needle grid runs if given)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--lengths", default="2000,4000")
     parser.add_argument("--depths", default="0.1,0.5,0.9")
@@ -89,7 +117,22 @@ def main() -> None:
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--finetune", default="")
     parser.add_argument("--only", default="", help="comma-separated method names to run (default: all)")
+    parser.add_argument(
+        "--synthetic", default="", help="synth pool folder: also run the held-out synthetic checks on it"
+    )
+    parser.add_argument("--synthetic-lengths", default="", help="default: --lengths")
+    parser.add_argument("--synthetic-depths", default="0.1,0.5,0.9")
+    parser.add_argument("--synthetic-checks", default="", help="comma-separated (default: all five)")
+    parser.add_argument("--synthetic-samples", type=int, default=1)
+    parser.add_argument(
+        "--exclude-from",
+        action="append",
+        default=[],
+        help="training dataset folder whose nouns the synthetic checks must not use (repeatable)",
+    )
     args = parser.parse_args()
+    if not args.haystack and not args.synthetic:
+        parser.error("nothing to run: pass --haystack (needle grid) and/or --synthetic POOL")
 
     from selfctx.commands.eval import _write_run
     from selfctx.eval.needle import NeedleGrid, load_haystack, run_needle
@@ -100,7 +143,7 @@ def main() -> None:
         lengths=tuple(int(v) for v in args.lengths.split(",")),
         depths=tuple(float(v) for v in args.depths.split(",")),
     )
-    text = load_haystack(args.haystack)
+    text = load_haystack(args.haystack) if args.haystack else ""
     model, tokenizer = load_causal_lm(args.model, dtype="float32")
     methods = _methods(args, model, tokenizer)
     if args.finetune:
@@ -108,17 +151,22 @@ def main() -> None:
     only = {m for m in args.only.split(",") if m}
     folders = []
     for method in methods:
-        folder = args.out / "needle" / method.name
-        folders.append(folder)
         if only and method.name not in only:
+            folders += [args.out / "needle" / method.name, args.out / "synthetic" / method.name]
             continue
-        started = time.perf_counter()
-        summary = run_needle(method, text, grid, folder)
-        _write_run(folder, method, {"task": "needle", "grid": list(grid.lengths)})
-        print(
-            f"{method.name}: needle mean {summary['mean_score']:.3f} ({time.perf_counter() - started:.0f} s)"
-        )
-    done = [f for f in folders if (f / "results.json").is_file()]
+        if args.haystack:
+            folder = args.out / "needle" / method.name
+            folders.append(folder)
+            started = time.perf_counter()
+            summary = run_needle(method, text, grid, folder)
+            _write_run(folder, method, {"task": "needle", "grid": list(grid.lengths)})
+            print(
+                f"{method.name}: needle mean {summary['mean_score']:.3f} "
+                f"({time.perf_counter() - started:.0f} s)"
+            )
+        if args.synthetic:
+            folders.append(_run_synthetic(args, method))
+    done = [f for f in folders if (f / "results.json").is_file() or (f / "synthetic.json").is_file()]
     report = build_report(done, args.out / "report")
     print(f"report: {args.out / 'report'} ({len(report.get('runs', done))} runs)")
 

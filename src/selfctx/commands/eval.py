@@ -1,4 +1,5 @@
-"""`selfctx eval ...`: LongBench runs and scoring, needle grids, and the method-comparison report."""
+"""`selfctx eval ...`: LongBench runs and scoring, needle grids, held-out synthetic checks, and the
+method-comparison report."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import typer
 from selfctx.errors import SelfctxError
 
 app = typer.Typer(
-    help="Evaluate: LongBench v1 (official prompts and metrics), needle grids, method reports.",
+    help="Evaluate: LongBench v1 (official prompts and metrics), needle grids, held-out synthetic checks, "
+    "method reports.",
     no_args_is_help=True,
 )
 
@@ -198,10 +200,91 @@ def needle(
         )
 
 
+@app.command("synthetic")
+def synthetic(
+    pool: Annotated[Path, typer.Option(help="synth pool folder (passages-*.jsonl): the distractor passages")],
+    out: Annotated[Path, typer.Option(help="output folder; one subfolder per method")],
+    lengths: Annotated[
+        str, typer.Option(help="comma-separated context lengths in tokens (4k = 4096)")
+    ] = "4k,8k",
+    depths: Annotated[
+        str, typer.Option(help="comma-separated depths of the answer's passage, 0..1")
+    ] = "0.1,0.5,0.9",
+    checks: Annotated[
+        str, typer.Option(help="multi-hop, consistency, update-latest, update-earliest, kv-retrieval")
+    ] = "",
+    exclude_from: Annotated[
+        list[Path] | None,
+        typer.Option(help="training dataset/pool folder whose nouns the checks must not use (repeatable)"),
+    ] = None,
+    samples: Annotated[int, typer.Option(help="items per cell (different nouns and values)")] = 1,
+    hops: Annotated[int, typer.Option(help="links of the multi-hop chain (3: A->B->C->D)")] = 3,
+    records: Annotated[int, typer.Option(help="key -> value records of kv-retrieval")] = 6,
+    max_new_tokens: Annotated[int, typer.Option(help="answer budget")] = 24,
+    seed: Annotated[int, typer.Option()] = 0,
+    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
+    experts: Annotated[str | None, typer.Option()] = None,
+    window: Annotated[int, typer.Option()] = 1024,
+    ratio: Annotated[int | None, typer.Option()] = None,
+    dtype: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str | None, typer.Option()] = None,
+    backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
+) -> None:
+    """Held-out synthetic checks (multi-hop, consistency, updates, key-value retrieval) over lengths x depths:
+    synthetic.json, synthetic.jsonl (resumable) and synthetic.png per method."""
+    from selfctx.eval.synthetic import CHECKS, load_distractors, run_synthetic_checks
+    from selfctx.synth.lengths import parse_length
+
+    try:
+        grid_lengths = [parse_length(v) for v in _csv(lengths)]
+        grid_depths = [float(v) for v in _csv(depths)]
+    except ValueError as exc:
+        raise SelfctxError(f"bad --depths ({exc}): give comma-separated numbers between 0 and 1") from None
+    passages = load_distractors(pool)
+    for m in _load_methods(
+        model,
+        _csv(method),
+        experts=experts,
+        window=window,
+        ratio=ratio,
+        dtype=dtype,
+        device=device,
+        batch_size=1,
+        backend=backend,
+    ):
+        folder = out / m.name
+        summary = run_synthetic_checks(
+            m,
+            pool=passages,
+            out=folder,
+            lengths=grid_lengths,
+            depths=grid_depths,
+            checks=_csv(checks) or CHECKS,
+            samples=samples,
+            seed=seed,
+            exclude_from=exclude_from or (),
+            hops=hops,
+            records=records,
+            max_new_tokens=max_new_tokens,
+        )
+        _write_run(folder, m, {"benchmark": "synthetic", "pool": str(pool)})
+        typer.echo(
+            json.dumps(
+                {
+                    "method": summary["method"],
+                    "mean_score": summary["mean_score"],
+                    "by_check": {c: f["mean_score"] for c, f in summary["by_check"].items()},
+                    "held_out": summary["held_out"],
+                }
+            )
+        )
+
+
 @app.command("report")
 def report(
     runs: Annotated[
-        list[Path], typer.Argument(help="run folders written by `selfctx eval longbench/needle`")
+        list[Path], typer.Argument(help="run folders written by `selfctx eval longbench/needle/synthetic`")
     ],
     out: Annotated[Path, typer.Option(help="report folder")],
 ) -> None:
