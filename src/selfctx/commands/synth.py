@@ -27,7 +27,11 @@ def command(
         str | None, typer.Option(help="Tokenizer that counts lengths (default: --model's).")
     ] = None,
     tasks: Annotated[
-        str, typer.Option(help="all, or a comma list of qa,summarization,simdiff,multiqa,logic,code.")
+        str,
+        typer.Option(
+            help="all, or a comma list of qa,summarization,simdiff,multiqa,logic,code "
+            "(with --from-docs: docs_qa,docs_summary,docs_crossqa)."
+        ),
     ] = "all",
     per_task: Annotated[int | None, typer.Option(help="Samples per task (default 2).")] = None,
     length: Annotated[
@@ -52,7 +56,12 @@ def command(
         int | None, typer.Option(help="Requests in flight / llama.cpp instances / hf batch.")
     ] = None,
     from_docs: Annotated[
-        Path | None, typer.Option(help="Directory of txt/md/jsonl documents (chunk-and-stitch).")
+        Path | None,
+        typer.Option(
+            help="Directory of your own txt/md/jsonl documents: the model writes a summary and QA pairs per "
+            "chunk and the chunks are stitched, in order, into long samples (tasks docs_qa, docs_summary, "
+            "docs_crossqa), padded with other documents' chunks; chunk size: --set chunk_tokens=384."
+        ),
     ] = None,
     executor: Annotated[str | None, typer.Option(help="local (default) | ray")] = None,
 ) -> None:
@@ -69,20 +78,21 @@ def command(
     ):  # fmt: skip
         if value is not None:
             cli[key] = value
+    if from_docs is not None:
+        cli["from_docs"] = str(from_docs)
     if tasks != "all" or config is None:
-        cli["tasks"] = list(parse_tasks(tasks))
+        cli["tasks"] = list(parse_tasks(tasks, from_docs=from_docs is not None))
     if allow_repeat:
         cli["allow_repeat"] = True
     if any(k in cli for k in ("length", "bucket", "uniform")):
         cli.update({k: cli.get(k) for k in ("length", "bucket", "uniform")})  # one length option wins
     cfg = load_config(SynthConfig, config, set_ or [])
     cfg = load_config(SynthConfig, None, [], defaults={**_as_plain(cfg), **cli})
-    if from_docs is not None:
-        raise SelfctxError(
-            "--from-docs is not available in this version (the chunk-and-stitch stage is not written yet): "
-            "run without it"
-        )
-    if cfg.executor == "ray":
+    if cfg.from_docs:
+        from selfctx.synth.docs_run import run_from_docs
+
+        summary = run_from_docs(cfg, out, command=_command_line())
+    elif cfg.executor == "ray":
         from selfctx.synth.executors import run_synth_ray
 
         summary = run_synth_ray(cfg, out, command=_command_line())
@@ -105,13 +115,21 @@ def _command_line() -> str:
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     tasks = summary["stages"]["tasks"]
-    pool = summary["stages"]["pool"]
     typer.echo(
         f"wrote {summary['samples']} samples to {out} ({summary['length']}), {summary['wall_seconds']} s"
     )
-    typer.echo(
-        f"pool: {pool['passages']} passages, {pool['tokens']:,} tokens (dropped {_nonzero(pool['dropped'])})"
-    )
+    if "pool" in summary["stages"]:
+        pool = summary["stages"]["pool"]
+        typer.echo(
+            f"pool: {pool['passages']} passages, {pool['tokens']:,} tokens "
+            f"(dropped {_nonzero(pool['dropped'])})"
+        )
+    if "documents" in summary:
+        docs = summary["documents"]
+        typer.echo(
+            f"documents: {docs['documents']} in {docs['path']}, {docs['chunks']} chunks of <= "
+            f"{docs['chunk_tokens']} tokens, {docs['tokens']:,} tokens"
+        )
     for name, t in tasks.items():
         typer.echo(
             f"  {name:<14} kept {t['kept']}/{t['wanted']} of {t['attempted']} tried; "

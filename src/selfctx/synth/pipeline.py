@@ -60,6 +60,8 @@ class SynthConfig:
     pool_shard_size: int = 16
     max_attempts_per_sample: int = 4
     max_in_flight: int | None = None  # builders in flight (default: 4x the backend's preferred batch)
+    from_docs: str | None = None  # a folder of txt/md/jsonl documents: chunk-and-stitch (synth.docs)
+    chunk_tokens: int = 384  # --from-docs: most tokens per chunk (each fits one model call)
     gen: Knobs = field(default_factory=Knobs)
 
     def length_spec(self) -> LengthSpec:
@@ -68,10 +70,15 @@ class SynthConfig:
         return LengthSpec.parse(length=self.length, bucket=self.bucket, uniform=self.uniform)
 
     def validate(self) -> None:
-        unknown = [t for t in self.tasks if t not in TASKS]
+        from selfctx.synth.docs import DOCS_TASKS
+
+        known = DOCS_TASKS if self.from_docs else tuple(TASKS)
+        unknown = [t for t in self.tasks if t not in known]
         if unknown or not self.tasks:
+            with_docs = " with --from-docs" if self.from_docs else ""
             raise SelfctxError(
-                f"unknown task(s) {', '.join(unknown) or '(none)'}: use all or some of {', '.join(TASKS)}"
+                f"unknown task(s){with_docs} {', '.join(unknown) or '(none)'}: use all or some of "
+                f"{', '.join(known)}"
             )
         if self.per_task < 1:
             raise SelfctxError(f"--per-task must be at least 1 (got {self.per_task})")
@@ -80,8 +87,12 @@ class SynthConfig:
         self.length_spec()
 
 
-def parse_tasks(text: str) -> tuple[str, ...]:
+def parse_tasks(text: str, *, from_docs: bool = False) -> tuple[str, ...]:
     if text.strip().lower() == "all":
+        if from_docs:
+            from selfctx.synth.docs import DOCS_TASKS
+
+            return DOCS_TASKS
         return tuple(TASKS)
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -240,6 +251,10 @@ def run_synth(
     cfg: SynthConfig, out_dir: str | Path, llm: LLM | None = None, *, command: str | None = None
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline into `out_dir`; returns the run summary (also in summary.json)."""
+    if cfg.from_docs:
+        from selfctx.synth.docs_run import run_from_docs
+
+        return run_from_docs(cfg, out_dir, llm, command=command)
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
