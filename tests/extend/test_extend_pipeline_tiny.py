@@ -29,6 +29,7 @@ def _plan(out: Path):  # noqa: ANN202
             "eval.max_new_tokens=4",
             "eval.depths=[0.5]",
             "eval.baseline_backend=hf",
+            "eval.synthetic_lengths=[800]",  # 6 key-value records need ~620 tiny-tokenizer tokens
             "experts.experts.window=32",
             "experts.experts.native_context=384",
             "experts.experts.group_tokens=512",
@@ -41,12 +42,21 @@ def _plan(out: Path):  # noqa: ANN202
 
 
 def _fake_synth(folder: Path) -> dict:
+    """A one-shard passage pool in the synth format (needle haystack and synthetic-check distractors)."""
     pool = folder / "pool"
     pool.mkdir(parents=True, exist_ok=True)
     rows = [
-        {"text": f"Passage {i}. The {i}th lantern hangs by the blue door. It is old. " * 4} for i in range(8)
+        {
+            "id": f"p{i}",
+            "noun": f"lantern{i}",
+            "genre": "story",
+            "text": f"Passage {i}. The {i}th lantern hangs by the blue door. It is old. " * 4,
+            "n_tokens": 80,
+        }
+        for i in range(8)
     ]
-    (pool / "pool-000000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (pool / "passages-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (pool / "passages-00000.done.json").write_text("{}")
     (folder / "data").mkdir(exist_ok=True)
     return {"samples": 0, "length": "-", "pool_passages": 8, "pool_tokens": 0, "tasks": {}}
 
@@ -65,11 +75,21 @@ def test_tiny_pipeline_writes_report_and_from_eval_reproduces_it(tmp_path: Path)
     assert set(needle) == {"truncate-384", "experts-x4-8"}
     # the experts hold fewer KV entries than the tokens they read; truncation holds at most the window
     assert needle["experts-x4-8"]["effective_ratio"] > 1
+    # the held-out synthetic checks ran for both methods at the needle lengths, one row per cell
+    synthetic = markers["eval"]["outputs"]["held_out_synthetic"]
+    assert set(synthetic) == {"truncate-384", "experts-x4-8"}
+    for name, result in synthetic.items():
+        assert set(result["by_check"]) == {"kv-retrieval"} and set(result["score_by_length"]) == {"800"}
+        rows = (tmp_path / "eval" / "synthetic" / name / "synthetic.jsonl").read_text().splitlines()
+        assert len(rows) == 1 and 0 <= result["mean_score"] <= 1
     report = (tmp_path / "REPORT.md").read_text()
     assert "| truncate-384 |" in report and "| experts-x4-8 |" in report
+    assert "held-out synthetic checks" in report and "| method | kv-retrieval | 800 tok | mean |" in report
     assert "| train |" in report and "--from eval" in report and "heatmap.png" in report
     for run in markers["eval"]["outputs"]["runs"]:
         assert (tmp_path / run / "heatmap.png").is_file()
+    for run in markers["eval"]["outputs"]["synthetic_runs"]:
+        assert (tmp_path / run / "synthetic.png").is_file() and f"{run}/synthetic.png" in report
     numbers = report_numbers(tmp_path)
     assert json.loads((tmp_path / "report" / "report.json").read_text()) == numbers
 

@@ -17,6 +17,7 @@ from typing import Any
 from selfctx.config import load_config, to_dict
 from selfctx.errors import SelfctxError
 from selfctx.eval.needle import VARIANTS
+from selfctx.eval.synthetic import CHECKS
 from selfctx.synth.lengths import parse_length
 from selfctx.synth.pipeline import SynthConfig
 from selfctx.train.config import DataSource
@@ -44,8 +45,24 @@ class EvalSettings:
     # the truncation baseline: hf (the same transformers model as the experts) or llamacpp (the same GGUF
     # weights through llama.cpp, several times faster on CPU; f16 KV cache); auto: llamacpp for a GGUF model
     baseline_backend: str = "hf"
+    # held-out synthetic checks (selfctx.eval.synthetic) at the needle lengths; () skips them. Their facts
+    # use nouns the synth stage's data and pool never name (the stage excludes OUT/synth's nouns).
+    synthetic_checks: tuple[str, ...] = CHECKS
+    synthetic_depths: tuple[float, ...] = (0.5,)
+    synthetic_lengths: tuple[int, ...] = ()  # default: the needle lengths
 
     def __post_init__(self) -> None:
+        unknown = [c for c in self.synthetic_checks if c not in CHECKS]
+        if unknown:
+            raise ValueError(
+                f"eval.synthetic_checks: unknown {', '.join(unknown)}; pick from {', '.join(CHECKS)}"
+            )
+        if any(not 0 <= d <= 1 for d in self.synthetic_depths) or (
+            self.synthetic_checks and not self.synthetic_depths
+        ):
+            raise ValueError(
+                f"eval.synthetic_depths must be fractions between 0 and 1, got {self.synthetic_depths}"
+            )
         if self.baseline_backend not in ("auto", "hf", "llamacpp"):
             raise ValueError(
                 f"eval.baseline_backend must be auto, hf or llamacpp, got {self.baseline_backend!r}"
@@ -110,6 +127,7 @@ _SMOKE: dict[str, Any] = {
         "max_new_tokens": 24,
         "dtype": "float32",
         "baseline_backend": "auto",
+        "synthetic_checks": ["kv-retrieval"],
     },
 }
 _CPU_HOURS: dict[str, Any] = {

@@ -42,6 +42,7 @@ def report_numbers(out: Path) -> dict[str, Any]:
         "synth": {k: synth.get(k) for k in ("samples", "pool_passages", "pool_tokens", "tasks")},
         "train": {"ratios": train.get("ratios"), "experts": train.get("experts")},
         "eval": ev.get("needle"),
+        "held_out_synthetic": ev.get("held_out_synthetic"),
     }
 
 
@@ -163,12 +164,37 @@ def _eval_section(ev: dict[str, Any], out: Path, base: str) -> list[str]:
     for plot in ("score_vs_length.png", "score_vs_ratio.png"):
         if (out / "eval" / "report" / plot).is_file():
             lines.append(f"- ![{plot}](eval/report/{plot}) `eval/report/{plot}`: `{report_cmd}`")
-    if ev.get("held_out_synthetic") is None:
-        lines += [
-            "",
-            "Held-out synthetic tasks are not evaluated in this version (selfctx.eval.synthetic was not "
-            "available to this stage); the needle grid is the only evaluation.",
-        ]
+    return lines + _synthetic_section(ev.get("held_out_synthetic"), ev.get("synthetic_runs") or [], base)
+
+
+def _synthetic_section(synthetic: dict[str, Any] | None, runs: list[str], base: str) -> list[str]:
+    if not synthetic:
+        return ["", "Held-out synthetic checks: not run (eval.synthetic_checks is empty)."]
+    checks = list(next(iter(synthetic.values()))["by_check"])
+    lengths = list(next(iter(synthetic.values()))["score_by_length"])
+    excluded = next(iter(synthetic.values())).get("excluded_nouns")
+    lines = [
+        "",
+        "## Evaluation (`eval/synthetic/`): held-out synthetic checks",
+        "",
+        "Facts about nouns that neither this run's dataset nor its passage pool name "
+        f"({_fmt(excluded)} nouns excluded), hidden among the pool's passages at the needle lengths "
+        "(selfctx.eval.synthetic). Score = share of the expected answer found in the reply.",
+        "",
+        "| method | " + " | ".join(checks) + " | " + " | ".join(f"{n} tok" for n in lengths) + " | mean |",
+        "|---|" + "---|" * (len(checks) + len(lengths) + 1),
+    ]
+    for name, r in synthetic.items():
+        by_length = r.get("score_by_length", {})
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(r["by_check"].get(c)) for c in checks)
+            + " | "
+            + " | ".join(_fmt(by_length.get(n)) for n in lengths)
+            + f" | {_fmt(r.get('mean_score'))} |"
+        )
+    lines += ["", "Figures (per-cell rows in `synthetic.jsonl` beside each):", ""]
+    lines += [f"- ![{run}]({run}/synthetic.png) `{run}/synthetic.png`: `{base} --from eval`" for run in runs]
     return lines
 
 

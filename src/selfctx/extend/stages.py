@@ -152,7 +152,9 @@ def eval_stage(plan: Plan, folder: Path, out: Path) -> dict[str, Any]:
             "score_by_length_depth": summary["score_by_length_depth"],
             "memory_bytes_by_length": summary["memory_bytes_by_length"],
         }
-    built = build_report(folders, folder / "report")
+    synthetic = _held_out_synthetic(plan, methods, folder, out)
+    synthetic_folders = [folder / "synthetic" / name for name in synthetic]
+    built = build_report(folders + synthetic_folders, folder / "report")
     by_method = {
         run["method"]: {
             "effective_ratio": run["effective_ratio"],
@@ -167,8 +169,46 @@ def eval_stage(plan: Plan, folder: Path, out: Path) -> dict[str, Any]:
         "needle": results,
         "grid": {"lengths": list(grid.lengths), "depths": list(grid.depths), "variant": grid.variant},
         "runs": [str(f.relative_to(out)) for f in folders],
-        "held_out_synthetic": None,  # selfctx.eval.synthetic had not landed when this stage was written
+        "held_out_synthetic": synthetic or None,
+        "synthetic_runs": [str(f.relative_to(out)) for f in synthetic_folders],
     }
+
+
+def _held_out_synthetic(plan: Plan, methods: list[Any], folder: Path, out: Path) -> dict[str, Any]:
+    """The held-out synthetic checks for each method at the needle lengths (resumable, per method folder):
+    facts about nouns that neither the synth stage's dataset nor its pool name, among the pool's passages."""
+    from selfctx.eval.methods import describe
+    from selfctx.eval.synthetic import run_synthetic_checks
+
+    ev = plan.config.eval
+    if not ev.synthetic_checks:
+        return {}
+    results: dict[str, Any] = {}
+    for method in methods:
+        run_dir = folder / "synthetic" / method.name
+        summary = run_synthetic_checks(
+            method,
+            pool=out / "synth" / "pool",
+            out=run_dir,
+            lengths=ev.synthetic_lengths or plan.needle_lengths,
+            depths=ev.synthetic_depths,
+            checks=ev.synthetic_checks,
+            samples=ev.samples,
+            exclude_from=[out / "synth"],
+            max_new_tokens=ev.max_new_tokens,
+        )
+        write_json_atomic(
+            run_dir / "run.json",
+            {**describe(method), "benchmark": "synthetic", "pool": str(out / "synth" / "pool")},
+        )
+        results[method.name] = {
+            "mean_score": summary["mean_score"],
+            "mean_exact": summary["mean_exact"],
+            "by_check": {c: f["mean_score"] for c, f in summary["by_check"].items()},
+            "score_by_length": summary["score_by_length"],
+            "excluded_nouns": summary["held_out"]["excluded_nouns"],
+        }
+    return results
 
 
 def baseline_method(plan: Plan, model: Any, tokenizer: Any) -> Any:
