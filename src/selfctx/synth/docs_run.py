@@ -31,6 +31,7 @@ from selfctx.synth.docs import (
     plan_item,
 )
 from selfctx.synth.filters import Dropped, FilterCounts, normalized_hash
+from selfctx.synth.pipeline import finished_tasks
 from selfctx.synth.scheduler import run_builders
 from selfctx.synth.seeds import derive_rng, derive_seed
 from selfctx.synth.stitch import DocDraft, stitch_sample
@@ -176,14 +177,7 @@ def run_from_docs(cfg: Any, out_dir: str | Path, llm: LLM | None = None, *,
         llm = open_llm(cfg, out)
     throughput = Throughput()
     try:
-        summaries: dict[str, dict[str, Any]] = {}
-        todo = []
-        for task in cfg.tasks:
-            marker = state_dir / f"{task}.json"
-            if marker.is_file() and (state_dir / f"{task}.samples.jsonl").is_file():
-                summaries[task] = json.loads(marker.read_text())
-            else:
-                todo.append(task)
+        summaries, todo = finished_tasks(state_dir, cfg.tasks)
         if todo:
             with progress_bar(desc="docs drafts", total=cfg.per_task * len(todo), unit="draft") as bar:
                 runs = build_doc_drafts(llm, todo, cfg, corpus, counter, on_batch=throughput, progress=bar)

@@ -327,19 +327,25 @@ def _pool_model(pool_dir: Path) -> str:
     return str(json.loads((pool_dir / "pool.json").read_text())["model"])
 
 
+def finished_tasks(state_dir: Path, tasks: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Summaries of the tasks whose rows and done-marker are both written, and the tasks still to run."""
+    summaries: dict[str, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        marker = state_dir / f"{task}.json"
+        if marker.is_file() and (state_dir / f"{task}.samples.jsonl").is_file():
+            summaries[task] = json.loads(marker.read_text())
+        else:
+            todo.append(task)
+    return summaries, todo
+
+
 def run_tasks(
     llm: LLM, cfg: SynthConfig, out: Path, pool: Sequence[Passage], counter: Any, throughput: Throughput
 ) -> dict[str, dict[str, Any]]:
     state_dir = out / "state"
     state_dir.mkdir(exist_ok=True)
-    summaries: dict[str, dict[str, Any]] = {}
-    todo = []
-    for task in cfg.tasks:
-        state = state_dir / f"{task}.json"
-        if state.is_file() and (state_dir / f"{task}.samples.jsonl").is_file():
-            summaries[task] = json.loads(state.read_text())
-        else:
-            todo.append(task)
+    summaries, todo = finished_tasks(state_dir, cfg.tasks)
     if todo:
         with progress_bar(desc="task drafts", total=cfg.per_task * len(todo), unit="draft") as bar:
             runs = build_drafts(llm, todo, cfg, pool, counter, on_batch=throughput, progress=bar)
