@@ -52,24 +52,12 @@ def _methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Any]:
     return out
 
 
-def _finetune_method(folder: str, base_name: str) -> Any:
-    """The fine-tuned adapter on its own copy of the base, with the scaled RoPE config it was saved with."""
-    import json
-
-    from peft import PeftModel
-
-    from selfctx.config import load_config
+def _finetune_method(folder: str) -> Any:
+    """The fine-tune's final/ folder as a model spec: its base, its scaled RoPE config, its adapter merged."""
     from selfctx.eval.methods import HFMethod
     from selfctx.models import load_causal_lm
-    from selfctx.train.config import FinetuneConfig
-    from selfctx.train.rope import apply_rope_scaling
 
-    trained = load_config(
-        FinetuneConfig, None, [], defaults=json.loads((Path(folder) / "selfctx_train.json").read_text())
-    )
-    model, tokenizer = load_causal_lm(base_name, dtype="float32")
-    apply_rope_scaling(model, trained.rope)  # the scaling it was trained with (also in its config.json)
-    tuned = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    tuned, tokenizer = load_causal_lm(folder, dtype="float32")
     return HFMethod(tuned, tokenizer, name="finetune-yarn", limit=None)
 
 
@@ -147,7 +135,7 @@ def main() -> None:
     model, tokenizer = load_causal_lm(args.model, dtype="float32")
     methods = _methods(args, model, tokenizer)
     if args.finetune:
-        methods.append(_finetune_method(args.finetune, args.model))
+        methods.append(_finetune_method(args.finetune))
     only = {m for m in args.only.split(",") if m}
     folders = []
     for method in methods:

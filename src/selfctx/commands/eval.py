@@ -59,11 +59,16 @@ def _load_methods(
         ]
     if backend != "hf":
         raise SelfctxError(f"unknown backend {backend!r}: use hf (transformers) or llamacpp (GGUF models)")
-    lm, tokenizer = load_causal_lm(model, dtype=dtype, device=device)
-    return [
+    spec = resolve_model(model)
+    lm, tokenizer = load_causal_lm(spec, dtype=dtype, device=device)
+    built = [
         build_method(m, lm, tokenizer, experts=experts, window=window, ratio=ratio, batch_size=batch_size)
         for m in methods
     ]
+    if spec.adapter is not None:  # a fine-tune: its runs sit beside the base model's, named apart
+        for method in built:
+            method.name = f"finetune-{method.name}"
+    return built
 
 
 def _write_run(folder: Path, method, extra: dict) -> None:
@@ -83,7 +88,10 @@ def longbench(
         str, typer.Option(help="comma-separated datasets (default: the 16 English ones)")
     ] = "",
     model: Annotated[
-        str, typer.Option(help="smollm2-135m, a .gguf file, an HF folder or hub id")
+        str,
+        typer.Option(
+            help="smollm2-135m, a .gguf file, an HF folder or hub id, or a fine-tune's final/ folder"
+        ),
     ] = "smollm2-135m",
     method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
     limit: Annotated[int | None, typer.Option(help="first N rows of each dataset")] = None,

@@ -21,7 +21,11 @@ def command(
         Path | None, typer.Option(help="Save the compressed context here for reuse.")
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Base model: smollm2-135m, a .gguf file, an HF folder or id.")
+        str,
+        typer.Option(
+            help="Base model: smollm2-135m, a .gguf file, an HF folder or id, or the final/ folder of "
+            "`selfctx train --method finetune` (RoPE-scaled, adapter merged)."
+        ),
     ] = ("smollm2-135m"),
     experts: Annotated[
         Path | None,

@@ -16,7 +16,11 @@ from selfctx.errors import SelfctxError
 
 def command(
     model: Annotated[
-        str, typer.Option(help="Base model: smollm2-135m, a .gguf file, an HF folder or id.")
+        str,
+        typer.Option(
+            help="Base model: smollm2-135m, a .gguf file, an HF folder or id, or the final/ folder of "
+            "`selfctx train --method finetune` (RoPE-scaled, adapter merged)."
+        ),
     ] = ("smollm2-135m"),
     experts: Annotated[
         Path | None,

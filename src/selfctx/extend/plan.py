@@ -248,13 +248,9 @@ def model_native_context(model: str) -> int | None:
 
         return int(tiny_llama_config().max_position_embeddings)
     try:
-        from transformers import AutoConfig
+        from selfctx.models import load_model_config
 
-        from selfctx.models import resolve_model
-
-        spec = resolve_model(model)
-        kwargs = {"gguf_file": spec.gguf_file} if spec.is_gguf else {}
-        config = AutoConfig.from_pretrained(spec.folder, **kwargs)
+        config = load_model_config(model)
     except SelfctxError:
         raise
     except Exception:  # noqa: BLE001 - an unreadable config only loses the cap check

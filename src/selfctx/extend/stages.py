@@ -223,7 +223,7 @@ def baseline_method(plan: Plan, model: Any, tokenizer: Any) -> Any:
         from selfctx.models import resolve_model
 
         spec = resolve_model(plan.config.model)
-        gguf = str(Path(spec.folder) / spec.gguf_file) if spec.gguf_file else None
+        gguf = str(spec.gguf_path) if spec.runs_on_llamacpp else None
     if backend == "llamacpp" and gguf is None:
         raise SelfctxError(
             f"eval.baseline_backend=llamacpp needs a .gguf model, not {plan.config.model}: "

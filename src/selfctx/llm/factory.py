@@ -82,10 +82,10 @@ def _build(
 
     spec = resolve_model(model)
     if backend == "llamacpp":
-        if not spec.is_gguf:
+        if not spec.runs_on_llamacpp:
             raise SelfctxError(
-                f"--backend llamacpp needs a .gguf model, and {model!r} is not one: pass a .gguf file, "
-                f"the embedded {DEFAULT_MODEL}, or use --backend hf"
+                f"--backend llamacpp needs a .gguf model (with no adapter), and {model!r} is not one: pass "
+                f"a .gguf file, the embedded {DEFAULT_MODEL}, or use --backend hf"
             )
         from selfctx.llm.llamacpp_backend import LlamaCppLLM
 

@@ -56,8 +56,14 @@ def apply_rope_scaling(model: nn.Module, rope: RopeConfig) -> dict[str, Any] | N
     """Write the scaling into model.config and rebuild the rotary modules; returns the parameters set."""
     if rope.type == "none":
         return None
+    params, max_positions = rope_parameters_for(model.config, rope)
+    set_rope_parameters(model, params, max_positions)
+    return params
+
+
+def set_rope_parameters(model: nn.Module, params: dict[str, Any], max_positions: int) -> None:
+    """Write `rope_parameters` and max_position_embeddings into model.config, rebuild the rotary modules."""
     config: Any = model.config
-    params, max_positions = rope_parameters_for(config, rope)
     config.rope_parameters = params
     config.max_position_embeddings = max_positions
     config.validate_rope()
@@ -73,4 +79,3 @@ def apply_rope_scaling(model: nn.Module, rope: RopeConfig) -> dict[str, Any] | N
         raise SelfctxError(
             f"{type(model).__name__} has no rotary-embedding module to rescale: use rope.type=none"
         )
-    return params
