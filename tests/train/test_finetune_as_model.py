@@ -9,17 +9,15 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from train_files import write_synth_dir
+from train_files import tiny_yarn_finetune, write_synth_dir
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from selfctx.cli import app
 from selfctx.compress import CompressedLM
-from selfctx.config import load_config
 from selfctx.errors import SelfctxError
 from selfctx.models import ModelSpec, load_causal_lm, load_model_config, resolve_model
 from selfctx.serve import ServeConfig, serve_in_thread
-from selfctx.train.config import FinetuneConfig
 from selfctx.train.finetune import FinetuneResult, run_finetune
 
 IDS = torch.tensor([list(range(5, 5 + 200))])  # 200 tokens: past the 64-token window the run started from
@@ -31,23 +29,7 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> FinetuneResult:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = load_config(
-            FinetuneConfig,
-            None,
-            [
-                "model.name=tiny",
-                f"loop.output_dir={root / 'run'}",
-                "loop.max_steps=6",
-                "loop.save_every=6",
-                f"data.sources=[{{kind: synth, path: {write_synth_dir(root / 'synth')}}}]",
-                "data.max_tokens=512",
-                "lora.r=8",
-                "loop.optim.lr=1e-2",
-                "rope.type=yarn",
-                "rope.factor=4",
-                "rope.original_max_position_embeddings=64",
-            ],
-        )
+        cfg = tiny_yarn_finetune(root / "run", write_synth_dir(root / "synth"), steps=6)
         result = run_finetune(cfg)
     finally:
         torch.set_num_threads(before)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_files import tiny_yarn_finetune
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from selfctx.config import load_config
 from selfctx.errors import SelfctxError
 from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_llama_config
-from selfctx.train.config import FinetuneConfig, RopeConfig
+from selfctx.train.config import RopeConfig
 from selfctx.train.finetune import run_finetune
 from selfctx.train.rope import apply_rope_scaling
 
@@ -48,23 +48,7 @@ def test_saved_adapter_loads_with_plain_transformers_and_peft_and_matches(
 ) -> None:
     from peft import PeftModel
 
-    cfg = load_config(
-        FinetuneConfig,
-        None,
-        [
-            "model.name=tiny",
-            f"loop.output_dir={tmp_path / 'run'}",
-            "loop.max_steps=8",
-            "loop.save_every=8",
-            f"data.sources=[{{kind: synth, path: {synth_dir}}}]",
-            "data.max_tokens=512",
-            "lora.r=8",
-            "loop.optim.lr=1e-2",
-            "rope.type=yarn",
-            "rope.factor=4",
-            "rope.original_max_position_embeddings=64",
-        ],
-    )
+    cfg = tiny_yarn_finetune(tmp_path / "run", synth_dir, steps=8)
     result = run_finetune(cfg)
     assert result.final_dir is not None
     final = result.final_dir

@@ -6,6 +6,9 @@ import json
 import random
 from pathlib import Path
 
+from selfctx.config import load_config
+from selfctx.train.config import FinetuneConfig
+
 WORDS = ["apple", "river", "stone", "cloud", "maple", "harbor", "lantern", "violet", "copper", "meadow"]
 
 
@@ -45,3 +48,24 @@ def write_text_dir(root: Path, n_docs: int = 3, seed: int = 1) -> Path:
     for i in range(n_docs):
         (root / f"doc{i}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(120)))
     return root
+
+
+def tiny_yarn_finetune(output_dir: Path, synth: Path, steps: int) -> FinetuneConfig:
+    """A LoRA fine-tune of the tiny model with YaRN x4 over a 64-token window (so 256 positions)."""
+    return load_config(
+        FinetuneConfig,
+        None,
+        [
+            "model.name=tiny",
+            f"loop.output_dir={output_dir}",
+            f"loop.max_steps={steps}",
+            f"loop.save_every={steps}",
+            f"data.sources=[{{kind: synth, path: {synth}}}]",
+            "data.max_tokens=512",
+            "lora.r=8",
+            "loop.optim.lr=1e-2",
+            "rope.type=yarn",
+            "rope.factor=4",
+            "rope.original_max_position_embeddings=64",
+        ],
+    )
