@@ -23,7 +23,7 @@ def _rng(request: ChatRequest) -> random.Random:
 
 
 def _passage_of(prompt: str) -> str:
-    m = re.search(r"Passage(?: A)?:\n(.*?)\n\n", prompt, re.DOTALL)
+    m = re.search(r"Passage(?: A| 1)?:\n(.*?)\n\n", prompt, re.DOTALL)
     return m.group(1) if m else ""
 
 

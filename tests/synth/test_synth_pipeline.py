@@ -264,3 +264,30 @@ def test_impossible_length_is_a_clear_error(tmp_path: Path) -> None:
         run_synth(
             SynthConfig(tokenizer="regex", length="2k", bucket="8k-16k"), tmp_path / "d", llm=scripted_llm()
         )
+
+
+def test_multiqa_falls_back_to_a_stated_detail_when_the_reply_is_a_sentence(tmp_path: Path) -> None:
+    """SmolLM2-135M answers "name one key detail" with a sentence and opens questions with a greeting: the
+    builder takes a number/name the passage states and the first question in the reply."""
+
+    def chatty(request: ChatRequest) -> str:
+        prompt = request.messages[-1].content
+        if "Name one key detail" in prompt:
+            return "This passage is a concise and evocative example of how a writer captures a whole scene."
+        if "Write only the question." in prompt:
+            return "Dear reader,\n" + scripted_answer(request)
+        return scripted_answer(request)
+
+    cfg = replace(CFG, tasks=("multiqa",))
+    run_synth(cfg, tmp_path, llm=EchoLLM(chatty, model_id="chatty"))  # type: ignore[arg-type]
+    data = rows(tmp_path)
+    assert len(data) == 2
+    for r in data:
+        extra = json.loads(r["extra"])
+        assert extra["detail_source"] == "passage"
+        detail = extra["shared_detail"]
+        context = passages_in(r["messages"][0]["content"])
+        gold = [context[g] for g in r["gold_positions"]]
+        assert all(detail in passage for passage in gold)  # the link is in both relevant passages
+        user = r["messages"][0]["content"]
+        assert "Dear reader" not in user and user.rstrip().endswith("?")  # the question, not the greeting

@@ -55,3 +55,37 @@ def strip_code_fences(text: str) -> str:
     """The body of the first ``` fenced block, or the text itself."""
     match = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", text, re.DOTALL)
     return (match.group(1) if match else text).strip("\n")
+
+
+def first_question(text: str) -> str:
+    """The first sentence that ends in '?', wherever it is in the reply (small models often open with a
+    greeting or a restated instruction), without a "Question:" label or quotes; "" when there is none."""
+    for line in text.strip().splitlines():
+        line = line.strip().strip("*").strip().removeprefix("Question:").strip().strip('"')
+        match = re.search(r"[^.!?]*\?", line)
+        if match and match.group(0).strip():
+            return match.group(0).strip().strip('"')
+    return ""
+
+
+def short_detail(text: str) -> str:
+    """The detail a reply names: a quoted span, else what follows the last colon of its first line (for
+    "The key detail is: X" / "Name: X"), else the first line; stripped of quotes and markdown."""
+    line = first_line(text)
+    quoted = re.search(r'"([^"]+)"', line)
+    if quoted:
+        line = quoted.group(1)
+    elif ":" in line and line.rsplit(":", 1)[1].strip():
+        line = line.rsplit(":", 1)[1]
+    return line.strip(" .\"'*")
+
+
+# A capitalized word run not at a sentence start (after a lower-case word or a comma), or a number.
+_NAME_IN_SENTENCE = re.compile(r"(?<=[a-z,;] )[A-Z][A-Za-z'-]+(?: [A-Z][A-Za-z'-]+)*")
+_NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?\b")
+
+
+def salient_details(text: str) -> list[str]:
+    """Names and numbers a passage states, in order of first appearance (no repeats)."""
+    found = _NAME_IN_SENTENCE.findall(text) + _NUMBER.findall(text)
+    return list(dict.fromkeys(found))

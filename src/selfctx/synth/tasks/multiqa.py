@@ -1,12 +1,16 @@
-"""Multi-doc QA: two passages linked by a key detail; a question that needs both."""
+"""Multi-doc QA: two passages linked by a key detail; a question that needs both.
+
+The model names the shared detail; when its reply is no usable detail (SmolLM2-135M often answers with a
+sentence about the passage), a name or number the passage states is taken instead (`detail_source`).
+"""
 
 from __future__ import annotations
 
-from selfctx.synth.filters import Dropped, check_answer, check_text, content_words
+from selfctx.synth.filters import Dropped, check_answer, check_text, content_words, grounding
 from selfctx.synth.nouns import draw_nouns
-from selfctx.synth.parsing import clean_passage, first_line
+from selfctx.synth.parsing import clean_passage, first_question, salient_details, short_detail
 from selfctx.synth.tasks.base import ANSWER_INSTRUCTION, BuildGen, TaskContext, failed
-from selfctx.synth.tasks.qa import clean_answer, clean_question
+from selfctx.synth.tasks.qa import MIN_QUESTION_GROUNDING, clean_answer
 from selfctx.synth.types import SampleDraft
 
 DETAIL_PROMPT = (
@@ -29,11 +33,12 @@ def build(ctx: TaskContext) -> BuildGen:
     (reply,) = yield [ctx.request(DETAIL_PROMPT.format(text=first.text), max_tokens=24)]
     if drop := failed(reply):
         return drop
-    detail = first_line(reply.text).strip(" .\"'*").removeprefix("Detail:").strip()
-    if not detail or len(detail.split()) > 8:
-        return Dropped("malformed", "detail")
-    if not set(content_words(detail)) & set(content_words(first.text)):
-        return Dropped("ungrounded", "detail")
+    detail, source = short_detail(reply.text), "model"
+    if not usable_detail(detail, first.text):
+        candidates = salient_details(first.text)
+        if not candidates:
+            return Dropped("malformed", "detail")
+        detail, source = ctx.rng.choice(candidates), "passage"
     (noun,) = draw_nouns(ctx.rng, 1, exclude=frozenset({first.noun}))
     genre = ctx.genre()
     prompt = ctx.passage_prompt(noun, genre, LINK_PROMPT.format(detail=detail))
@@ -48,11 +53,13 @@ def build(ctx: TaskContext) -> BuildGen:
     (third,) = yield [ctx.request(QUESTION_PROMPT.format(a=first.text, b=text_b, detail=detail))]
     if drop := failed(third):
         return drop
-    question = clean_question(third.text)
-    if not question.endswith("?"):
+    question = first_question(third.text)
+    if not question:
         return Dropped("malformed", "not a question")
     if reason := check_text(question, min_words=3):
         return Dropped(reason, "question")
+    if grounding(question, first.text + "\n" + text_b) < MIN_QUESTION_GROUNDING:
+        return Dropped("ungrounded", "question")
     (fourth,) = yield [ctx.request(ANSWER_PROMPT.format(a=first.text, b=text_b, question=question))]
     if drop := failed(fourth):
         return drop
@@ -68,5 +75,12 @@ def build(ctx: TaskContext) -> BuildGen:
         question=question,
         answer=answer,
         nouns=(first.noun, noun),
-        extra={"shared_detail": detail},
+        extra={"shared_detail": detail, "detail_source": source},
     )
+
+
+def usable_detail(detail: str, passage: str) -> bool:
+    """A few words, at least one of them in the passage."""
+    if not detail or len(detail.split()) > 8:
+        return False
+    return bool(set(content_words(detail)) & set(content_words(passage)))
