@@ -32,6 +32,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _shown(path: Path) -> Path:
+    """The path as the user's commands name it: relative to the working directory when under it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def report_numbers(out: Path) -> dict[str, Any]:
     """The run's figures that do not depend on timing (what a resumed run must reproduce exactly)."""
     markers = {s: read_json(out / s / DONE) or {} for s in STAGES if s != "report"}
@@ -62,8 +70,8 @@ def write_report(plan: Plan, out: Path, command: str) -> Path:
         f"- Experts trained: **x{', x'.join(map(str, plan.ratios))}** "
         f"(the powers of two from x{cfg.min_ratio} up to the first that fits {cfg.target_length:,} "
         f"tokens with a {cfg.eval.answer_budget}-token question/answer budget).",
-        f"- Use them: `selfctx serve --model {cfg.model} --experts {out / 'experts'}` or "
-        f"`CompressedLM.from_pretrained({cfg.model!r}, experts={str(out / 'experts')!r})`.",
+        f"- Use them: `selfctx serve --model {cfg.model} --experts {_shown(out / 'experts')}` or "
+        f"`CompressedLM.from_pretrained({cfg.model!r}, experts={str(_shown(out / 'experts'))!r})`.",
         "",
         "## Stages",
         "",
@@ -159,8 +167,8 @@ def _eval_section(ev: dict[str, Any], out: Path, base: str) -> list[str]:
     lines += ["", "Figures (each reproduced by the command beside it):", ""]
     for run in runs:
         lines.append(f"- ![{run}]({run}/heatmap.png) `{run}/heatmap.png`: `{base} --from eval`")
-    report_cmd = "selfctx eval report " + " ".join(shlex.quote(str(out / r)) for r in runs)
-    report_cmd += f" --out {shlex.quote(str(out / 'eval' / 'report'))}"
+    report_cmd = "selfctx eval report " + " ".join(shlex.quote(str(_shown(out / r))) for r in runs)
+    report_cmd += f" --out {shlex.quote(str(_shown(out / 'eval' / 'report')))}"
     for plot in ("score_vs_length.png", "score_vs_ratio.png"):
         if (out / "eval" / "report" / plot).is_file():
             lines.append(f"- ![{plot}](eval/report/{plot}) `eval/report/{plot}`: `{report_cmd}`")
