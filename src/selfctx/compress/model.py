@@ -424,6 +424,29 @@ class CompressedLM(nn.Module):
             seconds={"compress": compressed_at - started, "generate": finished - compressed_at},
         )
 
+    @torch.no_grad()
+    def continue_ids(
+        self,
+        memory: Memory,
+        ids: list[int],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[int]:
+        """Token ids generated after the memory, its raw tail and `ids` (no chat template, no re-encoding)."""
+        self.check_memory(memory)
+        row = memory.tail_ids.tolist() + list(ids)
+        if not row:
+            raise SelfctxError("nothing to continue from: give at least one token after the memory")
+        if memory.num_entries + len(row) + max_new_tokens > self.native_context:
+            raise SelfctxError(
+                f"memory ({memory.num_entries}) + {len(row)} raw tokens + {max_new_tokens} new tokens exceed "
+                f"the native context {self.native_context}: use a higher ratio or fewer new tokens"
+            )
+        return self._decode(memory, [row], max_new_tokens, temperature, top_p, seed)[0]
+
     def _stop_ids(self) -> set[int]:
         ids: set[int] = set()
         for source in (
