@@ -55,9 +55,13 @@ def load_base(cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype) -> 
 def prepare_trainable(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     """Wrap in LoRA (peft) or unfreeze everything; turn on non-reentrant gradient checkpointing if asked."""
     if cfg.loop.gradient_checkpointing:
-        model.gradient_checkpointing_enable(  # type: ignore[operator]
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        # newer transformers renamed it (the old name warns); 5.17 has only the old one
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+        else:
+            model.gradient_checkpointing_enable(  # type: ignore[operator]
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     if cfg.method == "full":
         for param in model.parameters():
             param.requires_grad_(True)
