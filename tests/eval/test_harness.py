@@ -180,6 +180,22 @@ def test_registered_with_lm_eval_and_built_from_an_arg_string(monkeypatch) -> No
     assert harness.ratio == 4 and harness.batch_size == 8
 
 
+def test_command_line_without_lm_eval_says_how_to_install() -> None:
+    import subprocess
+    import sys
+
+    hidden = "['lm_eval', 'lm_eval.api', 'lm_eval.api.model']"  # None in sys.modules: import fails
+    hide = f"import sys, runpy; sys.modules.update(dict.fromkeys({hidden}))"
+    run = "runpy.run_module('selfctx.eval.harness', run_name='__main__')"
+    done = subprocess.run(
+        [sys.executable, "-c", f"{hide}; {run}"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: lm-evaluation-harness is not installed: pip install 'selfctx[harness]' (or lm-eval>=0.4.9)"
+    ]
+
+
 def write_local_tasks(folder: Path, context: str = CONTEXT) -> Path:
     """Two lm-eval tasks over a local jsonl (no hub): multiple choice and generation."""
     rows = [

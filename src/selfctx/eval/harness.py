@@ -25,6 +25,7 @@ predicts every token from the memory of earlier windows plus its own window; gen
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -36,13 +37,15 @@ from selfctx.compress.model import CompressedLM
 from selfctx.compress.scoring import score_continuations, sequence_logprob
 from selfctx.errors import SelfctxError
 
+_MISSING = "lm-evaluation-harness is not installed: pip install 'selfctx[harness]' (or lm-eval>=0.4.9)"
 try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
 except ImportError as exc:  # the optional extra
-    raise SelfctxError(
-        "lm-evaluation-harness is not installed: pip install 'selfctx[harness]' (or lm-eval>=0.4.9)"
-    ) from exc
+    if __name__ == "__main__":  # the command line: one line, exit 2
+        print(f"error: {_MISSING}", file=sys.stderr)
+        sys.exit(2)
+    raise SelfctxError(_MISSING) from exc
 
 
 @register_model("selfctx")
