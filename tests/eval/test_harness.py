@@ -159,6 +159,10 @@ def test_bad_arguments_are_refused_with_a_clear_error() -> None:
         scoring.score_continuations(lm, [1, 2, 3], [[]])
     with pytest.raises(SelfctxError, match="at least one context token"):
         scoring.score_continuations(lm, [], [[4]])
+    with pytest.raises(SelfctxError, match="past the native context 128"):
+        scoring.sequence_logprob(lm, list(range(5, 205)), ratio=1)  # 200 raw tokens in a 128 window
+    with pytest.raises(SelfctxError, match="past the native context 128"):
+        scoring.sequence_logprob(lm, [5] * 600, ratio=2)  # x2 memory of 600 tokens alone is ~296 entries
 
 
 def test_registered_with_lm_eval_and_built_from_an_arg_string(monkeypatch) -> None:

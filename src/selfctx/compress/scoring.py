@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from selfctx.compress.battery import memory_entries_for
 from selfctx.compress.engine import KVCache, LayerMemory, cache_from_memory, empty_memory, extend
 from selfctx.errors import SelfctxError
 
@@ -112,6 +113,13 @@ def sequence_logprob(lm: CompressedLM, ids: Sequence[int], *, ratio: int | None 
     if len(ids) < 2:
         return 0.0
     chosen = ratio if ratio is not None else lm.route_for(len(ids), 1).ratio
+    # the furthest position any token takes: raw input, or memory + one window (+ its memory tokens)
+    reach = len(ids) if chosen == 1 else memory_entries_for(len(ids), lm.window, chosen) + lm.window
+    if reach > lm.native_context:
+        raise SelfctxError(
+            f"{len(ids)} tokens at ratio {chosen} reach position {reach}, past the native context "
+            f"{lm.native_context}: force a higher ratio or let the router pick"
+        )
     device = lm.device
     tensor = torch.tensor([list(ids)], dtype=torch.long, device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)
