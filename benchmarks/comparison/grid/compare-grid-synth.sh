@@ -1,0 +1,13 @@
+#!/bin/sh
+# Held-out synthetic checks at 8K and 16K (depth 0.5) for the grid's methods, then one report of everything.
+cd /work/main && . .venv/bin/activate
+while pgrep -f compare-grid.sh > /dev/null; do sleep 20; done
+COMMON="--out runs/compare-grid --native-context 8192 --ratio 8 --synthetic runs/pool-seed0 --exclude-from runs/synth-train --synthetic-depths 0.5"
+EXP="--experts synth=runs/experts-cpu-synth/experts --experts nosynth=runs/experts-cpu-nosynth/experts --experts clone=runs/experts-cpu-clone/experts --untrained --truncate 1024"
+echo "=== synthetic 8000 $(date -u +%H:%M:%S) $(uptime)"
+python benchmarks/compare_methods.py $COMMON --synthetic-lengths 8000 $EXP --full || exit 1
+echo "=== synthetic 16000 $(date -u +%H:%M:%S) $(uptime)"
+python benchmarks/compare_methods.py $COMMON --synthetic-lengths 8000,16000 $EXP || exit 1
+echo "=== report $(date -u +%H:%M:%S)"
+selfctx eval report runs/compare-grid/needle/* runs/compare-grid/synthetic/* --out runs/compare-grid/report
+echo "=== done $(date -u +%H:%M:%S)"
