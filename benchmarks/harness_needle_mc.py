@@ -1,0 +1,166 @@
+"""Needle retrieval as multiple choice, scored by lm-evaluation-harness through `selfctx.eval.harness`.
+
+Generation-scored needles give 0 or 100 per cell; ranking the right magic number against three others by
+log-likelihood gives a graded signal (chance = 25%) of whether a method carries the fact at all. Each item
+hides "One of the special magic numbers for KEY is: VALUE." at a sentence boundary of the haystack (depths
+spread evenly over 0..1), asks for KEY's number, and offers VALUE among three other 7-digit numbers.
+
+    python benchmarks/harness_needle_mc.py --haystack ../shared/data/paul_graham_essays \\
+        --out runs/harness-mc --length 4000 --items 20 --native-context 8192 --ratio 8 \\
+        --experts synth=runs/experts-cpu-synth/experts --experts nosynth=runs/experts-cpu-nosynth/experts \\
+        --experts clone=runs/experts-cpu-clone/experts --untrained --full
+
+One loaded base model; each method is a `SelfctxLM` over it (full = ratio 1: the whole context read raw).
+Results go to OUT/results.json and OUT/results.md; each method's lm-eval output to OUT/<method>/. A method
+whose results.json exists is skipped, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+TASK = "selfctx_needle_mc"
+
+
+def write_task(args: argparse.Namespace, tokenizer: Any, folder: Path) -> None:
+    """Items as a local jsonl plus the lm-eval task YAML that reads it (no hub access)."""
+    from selfctx.eval.needle import load_haystack, make_task, place_needles
+
+    haystack = load_haystack(args.haystack)
+    rng = random.Random(args.seed)
+    rows = []
+    for i in range(args.items):
+        depth = i / max(1, args.items - 1)
+        task = make_task("single", depth, rng)
+        value = task.expected[0]
+        others: set[str] = set()
+        while len(others) < 3:
+            candidate = str(rng.randint(1_000_000, 9_999_999))
+            if candidate != value:
+                others.add(candidate)
+        choices = [value, *sorted(others)]
+        rng.shuffle(choices)
+        placed = place_needles(tokenizer, haystack, args.length, task)
+        rows.append(
+            {
+                "context": placed.context,
+                "question": task.question,
+                "choices": choices,
+                "label": choices.index(value),
+                "depth": round(placed.placed_depths[0], 3),
+            }
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "items.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (folder / "task.yaml").write_text(
+        f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{context}}\\n\\nQuestion: {{question}}\\nAnswer:"\n'
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
+        encoding="utf-8",
+    )
+
+
+def methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """name -> (CompressedLM, forced ratio)."""
+    from selfctx.compress import CompressedLM
+
+    out: dict[str, Any] = {}
+    for spec in args.experts:
+        name, _, folder = spec.partition("=")
+        lm = CompressedLM.from_pretrained(
+            model, experts=folder, native_context=args.native_context, tokenizer=tokenizer
+        )
+        if args.full and "full" not in out:
+            out["full"] = (lm, 1)  # ratio 1: nothing compressed; the experts are not used
+        out[f"experts-{name}-r{args.ratio}"] = (lm, args.ratio)
+    if args.untrained:
+        lm = CompressedLM.from_pretrained(
+            model,
+            ratios=(args.ratio,),
+            window=args.window,
+            native_context=args.native_context,
+            tokenizer=tokenizer,
+        )
+        out[f"untrained-r{args.ratio}"] = (lm, args.ratio)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--haystack", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--length", type=int, default=4000)
+    parser.add_argument("--items", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ratio", type=int, default=8)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--native-context", type=int, default=8192)
+    parser.add_argument("--experts", action="append", default=[], help="NAME=DIR (repeatable)")
+    parser.add_argument("--untrained", action="store_true")
+    parser.add_argument("--full", action="store_true", help="ratio 1 over the same model (needs --experts)")
+    args = parser.parse_args()
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from selfctx.eval.harness import SelfctxLM
+    from selfctx.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(args.model, dtype="float32")
+    task_dir = args.out / "task"
+    if not (task_dir / "task.yaml").is_file():
+        write_task(args, tokenizer, task_dir)
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    summary: dict[str, Any] = {}
+    for name, (lm, ratio) in methods(args, model, tokenizer).items():
+        folder = args.out / name
+        if (folder / "results.json").is_file():
+            summary[name] = json.loads((folder / "results.json").read_text())
+            continue
+        started = time.perf_counter()
+        out = lm_eval.simple_evaluate(
+            model=SelfctxLM(lm=lm, ratio=ratio), tasks=[TASK], task_manager=manager, log_samples=True
+        )
+        assert out is not None
+        per_item = [{"depth": s["doc"]["depth"], "correct": bool(s["acc"])} for s in out["samples"][TASK]]
+        result = {
+            "method": name,
+            "ratio": ratio,
+            "acc": out["results"][TASK]["acc,none"],
+            "acc_stderr": out["results"][TASK]["acc_stderr,none"],
+            "items": len(per_item),
+            "seconds": round(time.perf_counter() - started, 1),
+            "per_item": per_item,
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        summary[name] = result
+        accuracy = f"acc {result['acc']:.3f} ± {result['acc_stderr']:.3f}"
+        print(f"{name}: {accuracy} ({result['seconds']} s)", flush=True)
+    lines = [
+        "| method | ratio | accuracy (%) | ± stderr | items | seconds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in summary.items():
+        lines.append(
+            f"| {name} | {r['ratio']} | {100 * r['acc']:.1f} | {100 * r['acc_stderr']:.1f} | {r['items']} "
+            f"| {r['seconds']} |"
+        )
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
