@@ -25,8 +25,28 @@ from pathlib import Path
 from typing import Any
 
 
-def _methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Any]:
+def compressed_lms(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """`experts-<name>-r<ratio>` (each --experts battery) and `untrained-r<ratio>` over one loaded model."""
     from selfctx.compress import CompressedLM
+
+    out: dict[str, Any] = {}
+    for spec in args.experts:
+        name, _, folder = spec.partition("=")
+        out[f"experts-{name}-r{args.ratio}"] = CompressedLM.from_pretrained(
+            model, experts=folder, native_context=args.native_context, tokenizer=tokenizer
+        )
+    if args.untrained:
+        out[f"untrained-r{args.ratio}"] = CompressedLM.from_pretrained(
+            model,
+            ratios=(args.ratio,),
+            window=args.window,
+            native_context=args.native_context,
+            tokenizer=tokenizer,
+        )
+    return out
+
+
+def _methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Any]:
     from selfctx.eval.methods import CompressedMethod, HFMethod
 
     out: list[Any] = []
@@ -34,21 +54,8 @@ def _methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> list[Any]:
         out.append(HFMethod(model, tokenizer, name=f"truncate-{args.truncate}", limit=args.truncate))
     if args.full:
         out.append(HFMethod(model, tokenizer, name="full", limit=None))
-    for spec in args.experts:
-        name, _, folder = spec.partition("=")
-        lm = CompressedLM.from_pretrained(
-            model, experts=folder, native_context=args.native_context, tokenizer=tokenizer
-        )
-        out.append(CompressedMethod(lm, name=f"experts-{name}-r{args.ratio}", ratio=args.ratio))
-    if args.untrained:
-        lm = CompressedLM.from_pretrained(
-            model,
-            ratios=(args.ratio,),
-            window=args.window,
-            native_context=args.native_context,
-            tokenizer=tokenizer,
-        )
-        out.append(CompressedMethod(lm, name=f"untrained-r{args.ratio}", ratio=args.ratio))
+    for name, lm in compressed_lms(args, model, tokenizer).items():
+        out.append(CompressedMethod(lm, name=name, ratio=args.ratio))
     return out
 
 

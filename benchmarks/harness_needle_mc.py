@@ -69,27 +69,14 @@ def write_task(args: argparse.Namespace, tokenizer: Any, folder: Path) -> None:
 
 
 def methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict[str, Any]:
-    """name -> (CompressedLM, forced ratio)."""
-    from selfctx.compress import CompressedLM
+    """name -> (CompressedLM, forced ratio); `full` is the first battery at ratio 1 (nothing compressed)."""
+    from compare_methods import compressed_lms  # this folder's comparison script: the same batteries
 
+    lms = compressed_lms(args, model, tokenizer)
     out: dict[str, Any] = {}
-    for spec in args.experts:
-        name, _, folder = spec.partition("=")
-        lm = CompressedLM.from_pretrained(
-            model, experts=folder, native_context=args.native_context, tokenizer=tokenizer
-        )
-        if args.full and "full" not in out:
-            out["full"] = (lm, 1)  # ratio 1: nothing compressed; the experts are not used
-        out[f"experts-{name}-r{args.ratio}"] = (lm, args.ratio)
-    if args.untrained:
-        lm = CompressedLM.from_pretrained(
-            model,
-            ratios=(args.ratio,),
-            window=args.window,
-            native_context=args.native_context,
-            tokenizer=tokenizer,
-        )
-        out[f"untrained-r{args.ratio}"] = (lm, args.ratio)
+    if args.full and args.experts:
+        out["full"] = (next(iter(lms.values())), 1)
+    out.update({name: (lm, args.ratio) for name, lm in lms.items()})
     return out
 
 

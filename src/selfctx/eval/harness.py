@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -132,7 +131,7 @@ class SelfctxLM(TemplateLM):
         disable_tqdm: bool = False,
         **_kwargs: Any,
     ) -> list[tuple[float, bool]]:
-        by_context: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
+        by_context: dict[tuple[int, ...], list[int]] = {}  # insertion-ordered
         for index, (_strings, context, _continuation) in enumerate(requests):
             by_context.setdefault(tuple(context), []).append(index)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
