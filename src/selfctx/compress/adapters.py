@@ -21,6 +21,9 @@ from torch import nn
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LoraOn = Literal["memory", "all"]
+MemoryInput = Literal[
+    "shared", "span_last"
+]  # what a memory token's input embedding is (engine.memory_inputs)
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class AdapterConfig:
     base_model: str = ""
     hidden_size: int = 0
     num_layers: int = 0
-    init_token_id: int | None = None  # which token embedding seeded the memory embedding
+    init_token_id: int | None = None  # which token embedding seeded the memory embedding ("shared" input)
+    memory_input: MemoryInput = "shared"  # "span_last": the span's last token embedding + a learned offset
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,6 +69,13 @@ def _live_targets(targets: tuple[str, ...], layer: int, num_layers: int) -> tupl
 def _linear_shapes(attn: nn.Module) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) of each attention projection of one layer."""
     return {name: (getattr(attn, name).in_features, getattr(attn, name).out_features) for name in PROJECTIONS}
+
+
+def _memory_embedding(config: AdapterConfig, init_embedding: torch.Tensor) -> nn.Parameter:
+    """The learned memory embedding: a real token's embedding when it is the whole input ("shared"), a zero
+    offset over the span's own token when it is added to one ("span_last")."""
+    start = init_embedding.detach().clone()
+    return nn.Parameter(torch.zeros_like(start) if config.memory_input == "span_last" else start)
 
 
 class MemoryAdapter(nn.Module):
@@ -103,7 +114,7 @@ class LoRAExpert(MemoryAdapter):
         self.config = config
         self.scale = config.alpha / config.rank
         ref = init_embedding
-        self.memory_embedding = nn.Parameter(ref.detach().clone())  # (D,)
+        self.memory_embedding = _memory_embedding(config, init_embedding)  # (D,)
         self.layers = nn.ModuleList()
         layer: Any
         for index, layer in enumerate(layers):
@@ -152,7 +163,7 @@ class MHACloneCompressor(MemoryAdapter):
     def __init__(self, config: AdapterConfig, layers: nn.ModuleList, init_embedding: torch.Tensor) -> None:
         super().__init__()
         self.config = config
-        self.memory_embedding = nn.Parameter(init_embedding.detach().clone())  # (D,)
+        self.memory_embedding = _memory_embedding(config, init_embedding)  # (D,)
         self.layers = nn.ModuleList()
         for index, layer in enumerate(layers):
             per_layer = nn.ModuleDict()

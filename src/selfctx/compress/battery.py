@@ -18,7 +18,14 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from selfctx.compress.adapters import PROJECTIONS, AdapterConfig, LoraOn, MemoryAdapter, build_adapter
+from selfctx.compress.adapters import (
+    PROJECTIONS,
+    AdapterConfig,
+    LoraOn,
+    MemoryAdapter,
+    MemoryInput,
+    build_adapter,
+)
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import atomic_open, write_json_atomic
 
@@ -80,6 +87,7 @@ class ExpertBattery(nn.Module):
         lora_on: LoraOn = "memory",
         base_model: str = "",
         init_token_id: int | None = None,
+        memory_input: MemoryInput = "shared",
     ) -> ExpertBattery:
         """Untrained adapters for `model` (LoRA B = 0: each expert starts as the base weights)."""
         bad = [t for t in targets if t not in PROJECTIONS]
@@ -99,6 +107,7 @@ class ExpertBattery(nn.Module):
             hidden_size=model.config.hidden_size,
             num_layers=len(layers),
             init_token_id=token,
+            memory_input=memory_input,
         )
         if kind == "lora":
             adapters = {
@@ -218,26 +227,35 @@ class Route:
         )
 
 
-def memory_entries_for(n_tokens: int, window: int, ratio: int) -> int:
-    """Memory entries after compressing the full windows of an n-token input at `ratio`."""
-    return (n_tokens // window) * (window // ratio)
+def memory_entries_for(n_tokens: int, window: int, ratio: int, sink: int = 0) -> int:
+    """Memory entries after compressing an n-token input at `ratio`: the raw sink tokens, then the memory
+    tokens of every full window after them."""
+    kept = min(sink, n_tokens)
+    return kept + ((n_tokens - kept) // window) * (window // ratio)
 
 
-def route(n_tokens: int, budget: int, native_context: int, window: int, ratios: tuple[int, ...]) -> Route:
-    """Smallest trained ratio whose memory + one window + budget fits the native context.
+def route(
+    n_tokens: int,
+    budget: int,
+    native_context: int,
+    window: int,
+    ratios: tuple[int, ...],
+    sink: int = 0,
+) -> Route:
+    """Smallest trained ratio whose memory (sink included) + one window + budget fits the native context.
 
     Inputs that fit natively with their budget are not compressed at all (ratio 1).
     """
     if n_tokens + budget <= native_context:
         return Route(1, 1.0, 0, n_tokens, native_context, window, budget)
-    room = native_context - window - budget  # memory slots available
-    requested = (n_tokens // window) * window / room if room > 0 else float("inf")
+    room = native_context - window - budget - sink  # memory slots available
+    requested = ((n_tokens - sink) // window) * window / room if room > 0 else float("inf")
     for ratio in sorted(ratios):
-        entries = memory_entries_for(n_tokens, window, ratio)
+        entries = memory_entries_for(n_tokens, window, ratio, sink)
         # covers compression too: the last window's positions reach (entries - n) + W + n
         if entries + window + budget <= native_context:
             return Route(ratio, requested, entries, n_tokens, native_context, window, budget)
-    longest = longest_supported(budget, native_context, window, ratios)
+    longest = longest_supported(budget, native_context, window, ratios, sink)
     raise SelfctxError(
         f"an input of {n_tokens} tokens does not fit: with window {window}, a {budget}-token "
         f"question+answer budget and native context {native_context}, the experts (ratios "
@@ -246,12 +264,14 @@ def route(n_tokens: int, budget: int, native_context: int, window: int, ratios: 
     )
 
 
-def longest_supported(budget: int, native_context: int, window: int, ratios: tuple[int, ...]) -> int:
+def longest_supported(
+    budget: int, native_context: int, window: int, ratios: tuple[int, ...], sink: int = 0
+) -> int:
     """The longest input (tokens) the battery can compress into the native context."""
     best = native_context - budget
     for ratio in ratios:
         per_window = window // ratio
-        room = native_context - window - budget
+        room = native_context - window - budget - sink
         if room >= 0 and per_window > 0:
-            best = max(best, (room // per_window + 1) * window - 1)
+            best = max(best, sink + (room // per_window + 1) * window - 1)
     return best

@@ -10,6 +10,9 @@ token sees all memory, the whole raw window and the window's earlier memory toke
 attention over [raw, new memory] with the old memory as a fully visible prefix. "segmentation" lets memory
 token i see only raw tokens [i*r, (i+1)*r); "step-expansion" lets it see raw tokens [0, (i+1)*r).
 After the window only the new memory tokens' keys/values are kept; they become memory entries M .. M+n-1.
+The input's first `sink` tokens may be kept raw as the first memory entries (`sink_memory`), and a memory
+token's input embedding is either one shared learned vector or its span's last token plus a learned offset
+(`memory_inputs`).
 Keys are stored before RoPE and rotated to their position at each use, so memory is re-positioned every
 window and no position ever exceeds M + W + n (kept within the native context by the router).
 
@@ -280,6 +283,38 @@ def _group_layer(
     return x, torch.cat(new_keys, dim=2), torch.cat(new_values, dim=2)
 
 
+def memory_inputs(adapter: MemoryAdapter, raw: torch.Tensor, n_mem: int) -> torch.Tensor:
+    """Input embeddings of each window's memory tokens: raw (B, G, W, D) -> (B, G, n, D).
+
+    "shared": every memory token is the adapter's one learned embedding, so at initialisation the n tokens of
+    a window are identical and only their positions tell them apart (their values start nearly collinear).
+    "span_last": token i is the embedding of the last raw token of its span [i*r, (i+1)*r) plus the learned
+    embedding (an offset, zero at the start), so each memory token starts distinct and tied to its span."""
+    batch, n_windows, window, _ = raw.shape
+    learned = adapter.memory_embedding.to(raw.dtype)  # (D,)
+    if adapter.config.memory_input == "span_last" and n_mem:
+        step = window // n_mem
+        return raw[:, :, step - 1 :: step] + learned  # (B, G, n, D)
+    return learned.expand(batch, n_windows, n_mem, -1)
+
+
+def sink_memory(parts: BaseParts, ids: torch.Tensor) -> tuple[list[LayerMemory], torch.Tensor]:
+    """The input's first tokens (B, s) kept raw as the first memory entries (the attention sink).
+
+    They go through the frozen base weights exactly as full attention would read them (positions 0..s-1),
+    so every later window still sees the token the model dumps its spare attention on. Returns per-layer
+    pre-RoPE keys/values (B, Hkv, s, hd) and their normed final hidden states (B, s, D)."""
+    batch, s = ids.shape
+    cache = cache_from_memory(parts, empty_memory(parts, batch, parts.embed_tokens.weight), batch)
+    hidden, cache = extend(parts, cache, ids, torch.ones_like(ids), logits_for="hidden")
+    assert hidden is not None
+    positions = torch.arange(s, device=ids.device)[None]  # (1, s)
+    cos, sin = parts.rope(hidden, positions)
+    # extend stores rotated keys; rotating by the opposite angle gives them back in memory's pre-RoPE form
+    layers = [LayerMemory(apply_rope(k, cos, -sin), v) for k, v in zip(cache.keys, cache.values, strict=True)]
+    return layers, hidden
+
+
 def compress_group(
     parts: BaseParts,
     adapter: MemoryAdapter,
@@ -299,7 +334,7 @@ def compress_group(
     n_windows = total // window
     size = window + n_mem
     raw = parts.embed_tokens(ids).view(batch, n_windows, window, -1)  # (B, G, W, D)
-    mem = adapter.memory_embedding.to(raw.dtype).expand(batch, n_windows, n_mem, -1)  # (B, G, n, D)
+    mem = memory_inputs(adapter, raw, n_mem)  # (B, G, n, D)
     x = torch.cat([raw, mem], dim=2).reshape(batch, n_windows * size, -1)  # (B, G*size, D)
     offsets = torch.arange(n_windows, device=ids.device)[:, None] * size
     memory_rows = (offsets + window + torch.arange(n_mem, device=ids.device)).reshape(-1)  # (G*n,)
@@ -371,7 +406,7 @@ def extend(
     cache: KVCache,
     ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    logits_for: Literal["last", "all", "none"] = "last",
+    logits_for: Literal["last", "all", "none", "hidden"] = "last",
     adapter: MemoryAdapter | None = None,
 ) -> tuple[torch.Tensor | None, KVCache]:
     """Append ordinary tokens (B, T) (left-padded where attention_mask is 0) to the cache.
@@ -380,7 +415,8 @@ def extend(
     switch) changes them.
 
     Each row's tokens take positions next_position, next_position+1, ...; they attend to every valid cache
-    column and causally to themselves. Returns logits (B, V) of the last token, or (B, T, V), or None.
+    column and causally to themselves. Returns logits (B, V) of the last token, or (B, T, V), or None, or
+    ("hidden") the normed final hidden states (B, T, D).
     """
     batch, t = ids.shape
     real = attention_mask.bool()  # (B, T)
@@ -422,4 +458,6 @@ def extend(
     if logits_for == "none":
         return None, new_cache
     hidden = parts.norm(x[:, -1] if logits_for == "last" else x)
+    if logits_for == "hidden":
+        return hidden, new_cache
     return parts.lm_head(hidden), new_cache

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -31,8 +30,10 @@ from selfctx.compress.engine import (
     compress_group,
     empty_memory,
     extend,
+    sink_memory,
 )
 from selfctx.compress.memory import Memory, MemoryInfo
+from selfctx.compress.train_loss import TeacherTargets, loss_terms
 from selfctx.errors import SelfctxError
 
 if TYPE_CHECKING:
@@ -67,15 +68,15 @@ DEFAULT_WINDOW = 1024
 LOSS_CHUNK = 1024  # labelled tokens per logits chunk in forward_train
 
 
-def _summed_loss(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(states).float(), targets, reduction="sum")
-
-
 @dataclass
 class TrainOutput:
     loss: torch.Tensor  # mean next-token loss over the labelled ordinary tokens
     n_tokens: int  # labelled tokens that contributed
     loss_sum: torch.Tensor  # the summed loss (what a trainer normalising over a global batch needs)
+    lm_sum: torch.Tensor  # (B,) summed next-token loss per row
+    lm_count: torch.Tensor  # (B,) labelled tokens per row
+    kl_sum: torch.Tensor  # (B,) summed KL from the teacher per row (0 without a teacher)
+    kl_count: torch.Tensor  # (B,) distilled positions per row
 
 
 class CompressedLM(nn.Module):
@@ -91,6 +92,7 @@ class CompressedLM(nn.Module):
         native_context: int | None = None,
         pattern: AttentionPattern = "full-coverage",
         group_tokens: int = 8192,
+        sink: int = 0,
         name: str = "",
     ) -> None:
         super().__init__()
@@ -103,6 +105,11 @@ class CompressedLM(nn.Module):
         self.native_context = int(native_context or model.config.max_position_embeddings)
         self.pattern: AttentionPattern = pattern
         self.group_tokens = group_tokens
+        # The input's first `sink` tokens stay raw at positions 0.. (never compressed): a frozen reader
+        # parks spare attention on its first token, and loses it when that token is compressed away.
+        self.sink = int(sink)
+        if self.sink < 0:
+            raise SelfctxError(f"sink must be >= 0 raw tokens, got {self.sink}")
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         for ratio in battery.ratios:
             if self.window % ratio:
@@ -127,6 +134,7 @@ class CompressedLM(nn.Module):
         dtype: str | torch.dtype | None = "auto",
         device: str | None = None,
         pattern: AttentionPattern | None = None,
+        sink: int | None = None,
         kind: str = "lora",
         rank: int = 8,
     ) -> CompressedLM:
@@ -157,6 +165,7 @@ class CompressedLM(nn.Module):
             window=window or int(trained.get("window") or DEFAULT_WINDOW),
             native_context=native_context or trained.get("native_context"),
             pattern=pattern or trained.get("pattern") or "full-coverage",
+            sink=sink if sink is not None else int(trained.get("sink") or 0),
             name=name,
         )
 
@@ -178,29 +187,38 @@ class CompressedLM(nn.Module):
         on_hidden: Any = None,
         checkpointing: bool = False,
     ) -> tuple[list[LayerMemory], torch.Tensor]:
-        """Compress every full window of `ids` (B, N); return (memory, tail ids (B, N mod W)).
+        """Compress every full window of `ids` (B, N); return (memory, tail ids).
 
-        `on_hidden(start, hidden)` receives the final hidden states (B, G*W, D) of each group's raw tokens
-        (for training); `group_windows` fixes how many windows share one forward (default: by token budget).
+        A fresh compression (no `memory` given) first keeps the input's `sink` tokens raw as memory; the
+        windows follow them, and the tail is what is left after the last full window.
+        `on_hidden(start, hidden)` receives the final hidden states (B, T, D) of the sink and of each group's
+        raw tokens, `start` being their offset in `ids` (for training); `group_windows` fixes how many windows
+        share one forward (default: by token budget).
         """
         batch, n = ids.shape
         window = self.window
-        n_full = n // window
+        start = 0
+        if memory is None:
+            start = min(self.sink, n)
+            if start:
+                memory, hidden = sink_memory(self.parts, ids[:, :start])
+                if on_hidden is not None:
+                    on_hidden(0, hidden)
+            else:
+                memory = empty_memory(self.parts, batch, self.parts.embed_tokens.weight)
+        n_full = (n - start) // window
         adapter = self.battery.adapter_for(ratio)
         n_mem = window // ratio
-        memory = (
-            memory if memory is not None else empty_memory(self.parts, batch, self.parts.embed_tokens.weight)
-        )
         group = group_windows or self._group_windows(ratio)
         for first in range(0, n_full, group):
             last = min(n_full, first + group)
-            chunk = ids[:, first * window : last * window]  # (B, G*W)
+            chunk = ids[:, start + first * window : start + last * window]  # (B, G*W)
             memory, hidden = compress_group(
                 self.parts, adapter, chunk, memory, window, n_mem, self.pattern, checkpointing=checkpointing
             )
             if on_hidden is not None:
-                on_hidden(first * window, hidden)
-        return memory, ids[:, n_full * window :]
+                on_hidden(start + first * window, hidden)
+        return memory, ids[:, start + n_full * window :]
 
     def logits(self, ids: torch.Tensor, ratio: int, *, group_windows: int | None = None) -> torch.Tensor:
         """Next-token logits (B, N, V) for every ordinary token of `ids`, reading earlier windows from memory.
@@ -235,57 +253,77 @@ class CompressedLM(nn.Module):
         *,
         checkpointing: bool = True,
         group_windows: int | None = None,
+        teacher: TeacherTargets | None = None,
     ) -> TrainOutput:
-        """Training objective: next-token loss on labelled ordinary tokens given compressed earlier windows.
+        """Training terms of the student: the memory of earlier windows plus the raw current window.
 
-        input_ids, labels (B, N); labels are -100 where no loss is wanted (prompt tokens) and aligned with
-        input_ids (the shift happens here). Gradients flow through the memory across windows into the
-        expert's parameters only (the base model is frozen). Loss is computed group by group so the (N, V)
-        logits are never held at once.
+        input_ids, labels (B, N); labels are -100 where no next-token loss is wanted (prompt tokens) and
+        aligned with input_ids (the shift happens here). `teacher` adds the KL from the teacher's next-token
+        distributions at its masked positions. Gradients flow through the memory across windows into the
+        expert's parameters only (the base model is frozen). Terms are computed group by group, LOSS_CHUNK
+        positions at a time (recomputed in the backward pass under checkpointing), so (tokens x vocabulary)
+        logits never exist at once.
         """
+        batch = input_ids.shape[0]
         targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)  # (B, N) next token
-        total = input_ids.new_zeros((), dtype=torch.float32)
-        count = int((targets != -100).sum())
+        sums = torch.zeros(2, batch, dtype=torch.float32, device=input_ids.device)  # (CE, KL) per row
+        kl_where = teacher.mask if teacher is not None else torch.zeros_like(targets, dtype=torch.bool)
 
-        def add_loss(start: int, hidden: torch.Tensor) -> None:
-            # Logits only at labelled positions, LOSS_CHUNK rows at a time (recomputed in the backward pass
-            # under checkpointing), so (tokens x vocabulary) logits never exist at once.
-            nonlocal total
-            span = targets[:, start : start + hidden.shape[1]]  # (B, T)
-            keep = span != -100
+        def add_terms(start: int, hidden: torch.Tensor) -> None:
+            nonlocal sums
+            span = slice(start, start + hidden.shape[1])
+            wanted_all, kl_all = targets[:, span], kl_where[:, span]  # (B, T)
+            keep = (wanted_all != -100) | kl_all
             if not keep.any():
                 return
-            states, wanted = hidden[keep], span[keep]  # (K, D), (K,)
+            rows = keep.nonzero()[:, 0]  # (K,)
+            states, wanted, kl_mask = hidden[keep], wanted_all[keep], kl_all[keep]  # (K, D), (K,), (K,)
+            top_ids = teacher.ids[:, span][keep] if teacher is not None else None  # (K, k)
+            top_lp = teacher.logprobs[:, span][keep] if teacher is not None else None
             for first in range(0, wanted.numel(), LOSS_CHUNK):
                 part = slice(first, first + LOSS_CHUNK)
+                args = (
+                    self.parts.lm_head,
+                    states[part],
+                    wanted[part],
+                    rows[part],
+                    batch,
+                    None if top_ids is None else top_ids[part],
+                    None if top_lp is None else top_lp[part],
+                    kl_mask[part],
+                )
                 if checkpointing and torch.is_grad_enabled():
-                    piece = checkpoint(
-                        _summed_loss, self.parts.lm_head, states[part], wanted[part], use_reentrant=False
-                    )
+                    piece = checkpoint(loss_terms, *args, use_reentrant=False)
                 else:
-                    piece = _summed_loss(self.parts.lm_head, states[part], wanted[part])
-                total = total + piece
+                    piece = loss_terms(*args)
+                sums = sums + piece
 
         memory, tail = self.compress_ids(
-            input_ids, ratio, group_windows=group_windows, on_hidden=add_loss, checkpointing=checkpointing
+            input_ids, ratio, group_windows=group_windows, on_hidden=add_terms, checkpointing=checkpointing
         )
         if tail.shape[1]:
-            cache = cache_from_memory(self.parts, memory, input_ids.shape[0])
-            hidden_logits, _ = extend(
+            cache = cache_from_memory(self.parts, memory, batch)
+            hidden, _ = extend(
                 self.parts,
                 cache,
                 tail,
                 torch.ones_like(tail),
-                logits_for="all",
+                logits_for="hidden",
                 adapter=self.battery.adapter_for(ratio),
             )
-            assert hidden_logits is not None
-            span = targets[:, input_ids.shape[1] - tail.shape[1] :]
-            if (span != -100).any():
-                total = total + F.cross_entropy(
-                    hidden_logits.float().flatten(0, 1), span.flatten(), ignore_index=-100, reduction="sum"
-                )
-        return TrainOutput(loss=total / max(1, count), n_tokens=count, loss_sum=total)
+            assert hidden is not None
+            add_terms(input_ids.shape[1] - tail.shape[1], hidden)
+        lm_count = (targets != -100).sum(1)  # (B,)
+        count = int(lm_count.sum())
+        return TrainOutput(
+            loss=sums[0].sum() / max(1, count),
+            n_tokens=count,
+            loss_sum=sums[0].sum(),
+            lm_sum=sums[0],
+            lm_count=lm_count,
+            kl_sum=sums[1],
+            kl_count=kl_where.sum(1),
+        )
 
     def trainable_parameters(self, ratio: int) -> list[nn.Parameter]:
         """The parameters one expert trains (its LoRA + memory embedding), with requires_grad switched on."""
@@ -314,7 +352,9 @@ class CompressedLM(nn.Module):
         return list(self._require_tokenizer()(text, add_special_tokens=False)["input_ids"])
 
     def route_for(self, n_context_tokens: int, budget: int) -> Route:
-        return route(n_context_tokens, budget, self.native_context, self.window, self.battery.ratios)
+        return route(
+            n_context_tokens, budget, self.native_context, self.window, self.battery.ratios, self.sink
+        )
 
     @torch.no_grad()
     def compress(

@@ -114,7 +114,7 @@ def sequence_logprob(lm: CompressedLM, ids: Sequence[int], *, ratio: int | None 
         return 0.0
     chosen = ratio if ratio is not None else lm.route_for(len(ids), 1).ratio
     # the furthest position any token takes: raw input, or memory + one window (+ its memory tokens)
-    reach = len(ids) if chosen == 1 else memory_entries_for(len(ids), lm.window, chosen) + lm.window
+    reach = len(ids) if chosen == 1 else memory_entries_for(len(ids), lm.window, chosen, lm.sink) + lm.window
     if reach > lm.native_context:
         raise SelfctxError(
             f"{len(ids)} tokens at ratio {chosen} reach position {reach}, past the native context "
