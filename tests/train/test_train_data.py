@@ -100,3 +100,32 @@ def test_shipped_configs_load_and_start_with_their_command(name: str) -> None:
     assert first.startswith("# ") and "selfctx train --method finetune --config" in first
     cfg = load_config(FinetuneConfig, path)
     assert cfg.rope.type == "yarn" and cfg.data.sources
+
+
+def test_length_ramp_serves_short_samples_first_and_reaches_every_length() -> None:
+    lengths = [16, 32, 64, 128, 256]
+    source = [Example(tuple(range(n)), tuple(range(n)), "s") for n in lengths for _ in range(4)]
+    mix = DataMix([source], [1.0], seed=0, ramp_samples=100, ramp_start=32)
+    served = [len(mix.example(i).input_ids) for i in range(200)]
+    assert all(n <= mix.length_limit(i) for i, n in enumerate(served))
+    assert max(served[:10]) <= 32 + (256 - 32) * 10 // 100
+    assert 256 in served[100:] and 16 in served[100:]  # past the ramp: the plain mix again
+    again = DataMix([source], [1.0], seed=0, ramp_samples=100, ramp_start=32)
+    assert [again.example(i).input_ids for i in range(200)] == [mix.example(i).input_ids for i in range(200)]
+    only_long = [Example(tuple(range(300)), tuple(range(300)), "text")]
+    cut = DataMix([only_long], [1.0], seed=0, ramp_samples=10, ramp_start=50).example(0)
+    assert len(cut.input_ids) == len(cut.labels) == 50  # nothing fits: cut to the limit
+
+
+def test_recall_with_passages_hides_a_fact_among_them_and_asks_for_it() -> None:
+    from selfctx.train.recall import recall_examples
+
+    tok = tiny_tokenizer()
+    passages = [f"Passage {i} talks about rivers and hills in some detail." * 3 for i in range(10)]
+    examples = recall_examples(tok, 8, 300, 900, seed=0, passages=passages)
+    assert len(examples) == 8
+    for example in examples:
+        text = tok.decode(list(example.input_ids))
+        answer = tok.decode([t for t in example.labels if t != IGNORE_INDEX]).replace("<|im_end|>\n", "")
+        assert answer.isdigit() and f" {answer}." in text  # the value is stated in the context
+        assert "Passage" in text and 300 <= len(example.input_ids) <= 900

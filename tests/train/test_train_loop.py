@@ -163,3 +163,12 @@ def test_tensorboard_logging_is_optional_and_says_how_to_enable(tmp_path: Path, 
     else:
         run_finetune(cfg)
         assert any((tmp_path / "tb" / "tensorboard").iterdir())
+
+
+def test_warmup_starts_above_zero_so_the_first_step_updates() -> None:
+    from selfctx.train.loop import lr_factor
+
+    cosine = lr_factor("cosine", 4, 20)
+    assert [cosine(s) for s in range(4)] == [0.2, 0.4, 0.6, 0.8]
+    assert cosine(4) == 1.0 and abs(cosine(20)) < 1e-12 and 0 < cosine(12) < 1
+    assert lr_factor("linear", 0, 10)(5) == 0.5 and lr_factor("constant", 2, 10)(9) == 1.0

@@ -68,7 +68,8 @@ class DataSource:
     `chat` = a .jsonl file (or folder of them) of `messages` (answer-only loss); `text` = .txt files or .jsonl
     with a `text` field (a `selfctx synth` pool folder works: the model's own passages), concatenated and cut
     into sequences of `data.max_tokens` (language modelling); `recall` = a built-in key -> value recall task
-    generated in code (no path; `max_samples_per_source` samples, default 64), for smoke runs and tests.
+    generated in code (`max_samples_per_source` samples, default 64): without a path records only (smoke runs
+    and tests), with a text path facts hidden among those passages (see `selfctx.train.recall`).
     """
 
     kind: Literal["synth", "chat", "text", "recall"]
@@ -86,6 +87,10 @@ class DataConfig:
     max_tokens: int = 2048  # longer chat samples are dropped; text is packed into sequences this long
     min_tokens: int = 8  # shorter samples are dropped
     max_samples_per_source: int | None = None  # read at most this many rows per source (quick runs)
+    # curriculum: over the first ramp_samples samples the longest allowed sample grows linearly from
+    # ramp_start_tokens (0: min_tokens) to max_tokens — short samples (many cheap steps) before long ones
+    ramp_samples: int = 0
+    ramp_start_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.max_tokens < 2 or self.min_tokens < 1 or self.min_tokens > self.max_tokens:

@@ -139,13 +139,25 @@ def pack_text(token_stream: Sequence[int], length: int, min_tokens: int, source:
     return out
 
 
+def _texts(files: Sequence[Path]) -> list[str]:
+    """The documents of text files: a .txt file is one, each `text` row of a .jsonl file is one."""
+    docs: list[str] = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            docs.extend(str(row["text"]) for row in _read_jsonl([file], None) if row.get("text"))
+        else:
+            docs.append(file.read_text(encoding="utf-8"))
+    return docs
+
+
 def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: DataConfig) -> list[Example]:
     """Tokenize one source with length filtering (chat) or packing (text)."""
     if source.kind == "recall":
         from selfctx.train.recall import DEFAULT_SAMPLES, recall_examples
 
         n = cfg.max_samples_per_source or DEFAULT_SAMPLES
-        examples = recall_examples(tokenizer, n, cfg.min_tokens, cfg.max_tokens, seed=0)
+        passages = _texts(_source_files(source)) if source.path else None
+        examples = recall_examples(tokenizer, n, cfg.min_tokens, cfg.max_tokens, seed=0, passages=passages)
         if not examples:
             raise SelfctxError(
                 f"the recall task cannot make samples of {cfg.min_tokens}-{cfg.max_tokens} tokens: "
@@ -157,12 +169,7 @@ def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: Dat
     if source.kind == "text":
         eos = tokenizer.eos_token_id
         stream: list[int] = []
-        docs: list[str] = []
-        for file in files:
-            if file.suffix == ".jsonl":
-                docs.extend(str(row["text"]) for row in _read_jsonl([file], None) if row.get("text"))
-            else:
-                docs.append(file.read_text(encoding="utf-8"))
+        docs = _texts(files)
         if cfg.max_samples_per_source is not None:
             docs = docs[: cfg.max_samples_per_source]
         for doc in progress(docs, desc=f"tokenizing {name}", unit="doc"):
@@ -204,14 +211,30 @@ def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: Dat
 # ------------------------------------------------------------------------------------------------------ mix
 
 _BLOCK = 4096  # source draws are made in seeded blocks so the stream can grow without changing its prefix
+_RAMP_SEARCH = 64  # examples looked at for one that fits the curriculum's length limit
 
 
 class DataMix:
-    """A deterministic, endless stream of examples drawn from several sources by weight."""
+    """A deterministic, endless stream of examples drawn from several sources by weight.
 
-    def __init__(self, sources: Sequence[Sequence[Example]], weights: Sequence[float], seed: int) -> None:
+    With a length ramp (`ramp_samples` > 0) the stream is a curriculum: sample i is no longer than a limit
+    that grows linearly from `ramp_start` tokens at i = 0 to unlimited at i = ramp_samples — each source's
+    permutation is walked on to the next example that fits (or, if none of the next few does, the example
+    is cut to the limit)."""
+
+    def __init__(
+        self,
+        sources: Sequence[Sequence[Example]],
+        weights: Sequence[float],
+        seed: int,
+        ramp_samples: int = 0,
+        ramp_start: int = 0,
+    ) -> None:
         if not sources or any(len(s) == 0 for s in sources):
             raise SelfctxError("the data mix is empty: configure at least one data source with samples")
+        self.ramp_samples = ramp_samples
+        self.ramp_start = ramp_start
+        self.longest = max(len(e.input_ids) for s in sources for e in s)
         self.sources = [list(s) for s in sources]
         probs = np.asarray(weights, dtype=np.float64)
         self.probs = probs / probs.sum()
@@ -242,19 +265,36 @@ class DataMix:
             self._perms[key] = rng.permutation(len(self.sources[source]))
         return self._perms[key]
 
+    def length_limit(self, index: int) -> int:
+        """The longest sample the curriculum allows at stream position `index`."""
+        if index >= self.ramp_samples:
+            return self.longest
+        start = min(self.ramp_start, self.longest)
+        return start + (self.longest - start) * index // self.ramp_samples
+
+    def _at(self, source: int, ordinal: int) -> Example:
+        size = len(self.sources[source])
+        return self.sources[source][int(self._perm(source, ordinal // size)[ordinal % size])]
+
     def example(self, index: int) -> Example:
         self._grow(index + 1)
         source = int(self._choice[index])
         ordinal = int(self._ordinal[index])
-        size = len(self.sources[source])
-        return self.sources[source][int(self._perm(source, ordinal // size)[ordinal % size])]
+        limit = self.length_limit(index)
+        for step in range(_RAMP_SEARCH):
+            candidate = self._at(source, ordinal + step)
+            if len(candidate.input_ids) <= limit:
+                return candidate
+        first = self._at(source, ordinal)
+        return Example(first.input_ids[:limit], first.labels[:limit], first.source)
 
 
 def build_mix(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> DataMix:
     if not cfg.sources:
         raise SelfctxError("no training data: set data.sources (kind synth|chat|text, path, weight)")
     loaded = [load_source(source, tokenizer, cfg) for source in cfg.sources]
-    return DataMix(loaded, [s.weight for s in cfg.sources], seed)
+    start = cfg.ramp_start_tokens or cfg.min_tokens
+    return DataMix(loaded, [s.weight for s in cfg.sources], seed, cfg.ramp_samples, start)
 
 
 # ---------------------------------------------------------------------------------------------- batching

@@ -54,6 +54,11 @@ class ExpertSettings:
     native_context: int | None = None  # the window treated as native (None: the model's own)
     pattern: Literal["full-coverage", "segmentation", "step-expansion"] = "full-coverage"
     group_tokens: int = 8192  # raw + memory tokens per batched forward (several windows per forward)
+    sink: int = 1  # the input's first tokens kept raw at position 0 (never compressed)
+    memory_input: Literal["shared", "span_last"] = "span_last"  # see compress.engine.memory_inputs
+    # a LoRA expert that starts training copies the expert trained just before it (list the ratios in the
+    # order they should train: e.g. [8, 4, 16] trains x8 from scratch, then x4 and x16 from it)
+    init_from_previous: bool = True
 
     def __post_init__(self) -> None:
         if not self.ratios or min(self.ratios) < 2:
@@ -61,12 +66,41 @@ class ExpertSettings:
         bad = [r for r in self.ratios if self.window % r]
         if bad:
             raise ValueError(f"experts.window {self.window} is not divisible by ratio {bad[0]}")
+        if self.sink < 0:
+            raise ValueError(f"experts.sink must be >= 0, got {self.sink}")
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """What the experts minimise.
+
+    kind: `lm` = next-token loss on labelled tokens; `distill` = KL from the teacher (the frozen model reading
+    the raw sample with full attention) on the tokens that read compressed memory; `mix` = both, weighted.
+    distill_on: `all` tokens that read memory, or only the `labels` ones (answers of task samples).
+    normalise: `sample` = each sample's terms are averaged over its own tokens, then samples are averaged (an
+    answer is not drowned by packed text); `token` = one average over every token of the batch.
+    """
+
+    kind: Literal["lm", "distill", "mix"] = "mix"
+    lm_weight: float = 1.0
+    distill_weight: float = 1.0
+    distill_on: Literal["all", "labels"] = "all"
+    top_k: int = 32
+    normalise: Literal["sample", "token"] = "sample"
+    teacher_cache: bool = True  # keep teacher outputs under OUTPUT/teacher-cache (shared by the experts)
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"objective.top_k must be >= 1, got {self.top_k}")
+        if self.lm_weight < 0 or self.distill_weight < 0:
+            raise ValueError("objective weights must be >= 0")
 
 
 @dataclass(frozen=True)
 class ExpertsConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     experts: ExpertSettings = field(default_factory=ExpertSettings)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     data: DataConfig = field(default_factory=DataConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     # data: every rank trains each expert on its share of the global batch; expert_per_rank: under torchrun,
@@ -75,21 +109,68 @@ class ExpertsConfig:
 
 
 class CompressionObjective:
-    """Summed next-token loss of `CompressedLM.forward_train` at the batch's ratio (the loop normalises)."""
+    """The experts' loss at the batch's ratio, from `CompressedLM.forward_train`, as a sum the loop divides
+    by `targets` (samples, or tokens under `normalise: token`)."""
 
-    def __init__(self, ratio: int | None, checkpointing: bool) -> None:
+    def __init__(
+        self,
+        ratio: int | None,
+        checkpointing: bool,
+        settings: ObjectiveSettings | None = None,
+        teacher: Any = None,  # a selfctx.train.teacher.Teacher, needed unless kind is lm
+        geometry: tuple[int, int] = (0, 0),  # (sink, window): tokens before them read no memory
+    ) -> None:
         self.ratio = ratio
         self.checkpointing = checkpointing
+        self.settings = settings or ObjectiveSettings(kind="lm", normalise="token")
+        self.teacher = teacher
+        self.first_reader = sum(geometry)
+        if self.settings.kind != "lm" and teacher is None:
+            raise ValueError(f"objective {self.settings.kind!r} needs a teacher")
+
+    def _weights(self) -> tuple[float, float]:
+        s = self.settings
+        return (
+            s.lm_weight if s.kind != "distill" else 0.0,
+            s.distill_weight if s.kind != "lm" else 0.0,
+        )
+
+    def _kl_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Positions whose KL counts: they read compressed memory (past the sink and the first window), are
+        real tokens, and (distill_on: labels) predict a labelled token."""
+        ids = batch["input_ids"]
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        mask[:, self.first_reader :] = True
+        if "attention_mask" in batch:
+            mask &= batch["attention_mask"].bool()
+        if self.settings.distill_on == "labels":
+            labels = batch["labels"]
+            mask[:, :-1] &= labels[:, 1:] != IGNORE_INDEX
+            mask[:, -1] = False
+        return mask
 
     def targets(self, batch: dict[str, Any]) -> int:
-        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        if self.settings.normalise == "sample":
+            return int(batch["input_ids"].shape[0])
+        lm_w, kl_w = self._weights()
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if lm_w else 0
+        return n + (int(self._kl_mask(batch).sum()) if kl_w else 0)
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         ratio = int(batch.get("ratio", self.ratio or 0))
+        lm_w, kl_w = self._weights()
+        teacher = self.teacher.targets(batch["input_ids"], self._kl_mask(batch)) if kl_w else None
+        if kl_w and teacher is None:  # longer than the teacher reads: next-token loss only (warned once)
+            lm_w, kl_w = max(lm_w, 1.0), 0.0
         out = model.compressed.forward_train(
-            batch["input_ids"], batch["labels"], ratio, checkpointing=self.checkpointing
+            batch["input_ids"], batch["labels"], ratio, checkpointing=self.checkpointing, teacher=teacher
         )
-        return out.loss_sum
+        if self.settings.normalise == "token":
+            return lm_w * out.lm_sum.sum() + kl_w * out.kl_sum.sum()
+        per_row = lm_w * out.lm_sum / out.lm_count.clamp(min=1) + kl_w * out.kl_sum / out.kl_count.clamp(
+            min=1
+        )
+        return per_row.sum()
 
 
 class ExpertModule(nn.Module):
@@ -106,12 +187,16 @@ class ExpertModule(nn.Module):
 
 
 class RatioMixBatches:
-    """Wraps a batch source so each micro-batch carries a seeded draw from `ratios` (the MHA clone's mix)."""
+    """Wraps a batch source so each micro-batch carries a seeded draw from `ratios` (the MHA clone's mix),
+    among the ratios whose memory for that batch stays within what the router allows (`fits`)."""
 
-    def __init__(self, inner: MixBatches, ratios: Sequence[int], seed: int) -> None:
+    def __init__(
+        self, inner: MixBatches, ratios: Sequence[int], seed: int, longest: dict[int, int] | None = None
+    ) -> None:
         self.inner = inner
         self.ratios = list(ratios)
         self.seed = seed
+        self.longest = longest or {}
 
     def samples_per_step(self, world: int) -> int:
         return self.inner.samples_per_step(world)
@@ -120,7 +205,9 @@ class RatioMixBatches:
         batches = self.inner.micro_batches(step, rank, world, device)
         rng = np.random.default_rng([self.seed, 2, step, rank])
         for batch in batches:
-            batch["ratio"] = int(rng.choice(self.ratios))
+            n = int(batch["input_ids"].shape[1])
+            usable = [r for r in self.ratios if n <= self.longest.get(r, n)] or self.ratios[-1:]
+            batch["ratio"] = int(rng.choice(usable))
         return batches
 
 
@@ -170,9 +257,15 @@ def build_compressed(cfg: ExpertsConfig, model: Any, tokenizer: Any) -> Any:
         targets=tuple(e.targets),
         lora_on=e.lora_on,
         base_model=cfg.model.name,
+        memory_input=e.memory_input,
     )
     battery.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
-    battery.mechanism = {"window": e.window, "native_context": e.native_context, "pattern": e.pattern}
+    battery.mechanism = {
+        "window": e.window,
+        "native_context": e.native_context,
+        "pattern": e.pattern,
+        "sink": e.sink,
+    }
     return CompressedLM(
         model,
         tokenizer,
@@ -181,15 +274,25 @@ def build_compressed(cfg: ExpertsConfig, model: Any, tokenizer: Any) -> Any:
         native_context=e.native_context,
         pattern=e.pattern,
         group_tokens=e.group_tokens,
+        sink=e.sink,
         name=cfg.model.name,
     )
+
+
+def training_length_limit(cfg: ExpertsConfig, compressed: Any, ratio: int) -> int:
+    """The longest training sample at `ratio` whose memory plus one window fits the native context — what
+    the router allows at inference (question and answer are inside the sample), so training and inference
+    see the same memory geometry."""
+    from selfctx.compress.battery import longest_supported
+
+    return longest_supported(0, compressed.native_context, compressed.window, (ratio,), compressed.sink)
 
 
 def run_plan(cfg: ExpertsConfig, info: DistInfo) -> list[tuple[str, list[int]]]:
     """(run folder name, ratios it trains) for this process."""
     if cfg.experts.kind == "mha_clone":
         return [("clone", list(cfg.experts.ratios))]
-    ratios = sorted(cfg.experts.ratios)
+    ratios = list(cfg.experts.ratios)  # in the order given: the most needed expert can train first
     if cfg.parallel == "expert_per_rank":
         ratios = ratios[info.rank :: info.world]
     return [(f"r{r}", [r]) for r in ratios]
@@ -221,7 +324,18 @@ def run_experts(
             tokenizer.save_pretrained(str(output / "base"))
         compressed = build_compressed(cfg, model, tokenizer)
         module = ExpertModule(compressed)
-        mix = build_mix(cfg.data, tokenizer, cfg.loop.seed)
+        teacher = None
+        if cfg.objective.kind != "lm":
+            from selfctx.train.teacher import Teacher
+
+            teacher = Teacher(
+                model,
+                f"{cfg.model.name}|{type(tokenizer).__name__}|{len(tokenizer)}|{dtype}",
+                cfg.objective.top_k,
+                output / "teacher-cache" if cfg.objective.teacher_cache else None,
+            )
+        longest = {r: training_length_limit(cfg, compressed, r) for r in cfg.experts.ratios}
+        mixes: dict[int, Any] = {}
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise SelfctxError("the tokenizer has neither a pad nor an eos token: pick another model")
@@ -233,18 +347,35 @@ def run_experts(
             )
         runs: dict[str, TrainResult] = {}
         finished = True
+        previous: tuple[str, int] | None = None  # (run folder, ratio) of the expert trained just before
         for name, ratios in run_plan(cfg, info):
             module.select(ratios[0])
-            batches: Any = MixBatches(mix, cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, int(pad_id))
+            # samples no longer than the memory the router allows at this ratio (the clone: its largest)
+            limit = min(cfg.data.max_tokens, max(longest[r] for r in ratios))
+            if limit not in mixes:
+                data = replace(cfg.data, max_tokens=limit, min_tokens=min(cfg.data.min_tokens, limit))
+                mixes[limit] = build_mix(data, tokenizer, cfg.loop.seed)
+            batches: Any = MixBatches(
+                mixes[limit], cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, int(pad_id)
+            )
             if len(ratios) > 1:
-                batches = RatioMixBatches(batches, ratios, cfg.loop.seed)
+                batches = RatioMixBatches(batches, ratios, cfg.loop.seed, longest)
             loop = replace(cfg.loop, output_dir=str(output / name))
-            objective = CompressionObjective(ratios[0], cfg.loop.gradient_checkpointing)
+            if previous and cfg.experts.init_from_previous and ckpt.latest(output / name) is None:
+                _start_from(module, output / previous[0], previous[1], ratios[0])
+            objective = CompressionObjective(
+                ratios[0],
+                cfg.loop.gradient_checkpointing,
+                cfg.objective,
+                teacher,
+                (compressed.sink, compressed.window),
+            )
             trainer = Trainer(
                 loop, module, objective, batches, dist_info=loop_info, run_config=cfg, on_step=on_step
             )
             result = trainer.train(stop_after=stop_after)
             runs[name] = result
+            previous = (name, ratios[0]) if cfg.experts.kind == "lora" else None
             finished = finished and result.step >= cfg.loop.max_steps
             if not finished:
                 break
@@ -261,17 +392,31 @@ def run_experts(
         cleanup(info)
 
 
+def _load_run(module: ExpertModule, run_dir: Path) -> None:
+    """Copy a finished run's final trainable weights into the module (its expert, by parameter name)."""
+    final = ckpt.latest(run_dir)
+    if final is None:
+        raise SelfctxError(f"{run_dir} has no checkpoint to start the next expert from: rerun the command")
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for key, value in load_file(str(final / "trainable.safetensors")).items():
+            params[key].copy_(value.to(params[key].device, params[key].dtype))
+
+
+def _start_from(module: ExpertModule, run_dir: Path, source_ratio: int, ratio: int) -> None:
+    """Initialise the expert for `ratio` with the weights the expert for `source_ratio` finished with."""
+    _load_run(module, run_dir)
+    battery: Any = module.compressed.battery
+    battery.adapter_for(ratio).load_state_dict(battery.adapter_for(source_ratio).state_dict())
+
+
 def save_battery(cfg: ExpertsConfig, module: ExpertModule, output: Path) -> Path:
     """Write OUTPUT/experts atomically from each run's final weights (other ranks may have trained some)."""
-    params = dict(module.named_parameters())
     for name, _ in _all_runs(cfg):
         final = ckpt.latest(output / name)
         if final is None or int(_read_step(final)) < cfg.loop.max_steps:
             raise SelfctxError(f"{output / name} has not finished training: rerun the same command")
-        saved = load_file(str(final / "trainable.safetensors"))
-        with torch.no_grad():
-            for key, value in saved.items():
-                params[key].copy_(value.to(params[key].device, params[key].dtype))
+        _load_run(module, output / name)
     target = output / EXPERTS_DIR
     tmp = output / (EXPERTS_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -77,6 +77,25 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
+def lr_factor(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step.
+
+    Warmup rises linearly from 1/(warmup+1) to 1 (transformers' starts at 0, which makes the first optimizer
+    step a no-op), then `cosine` or `linear` decay to 0 at `total`, or `constant`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind in ("constant", "constant_with_warmup"):
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
 class Trainer:
     def __init__(
         self,
@@ -99,14 +118,12 @@ class Trainer:
         self.params = _trainable(model)
         self.on_step = on_step
         self.run_config = run_config
-        from transformers import get_scheduler
-
         opt = cfg.optim
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
         )
-        self.scheduler = get_scheduler(
-            opt.scheduler, self.optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=cfg.max_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(opt.scheduler, opt.warmup_steps, cfg.max_steps)
         )
 
     # ------------------------------------------------------------------------------------------ checkpoints

@@ -1,8 +1,11 @@
 """A built-in key -> value recall task (data source kind `recall`): code words and their numbers spread over a
 long context, then a question about one of them, answer-only loss.
 
-It needs no files and no model, so the `cpu-smoke` preset and the tests can train experts anywhere; and
-answering needs what the compressed memory of earlier windows holds, which is exactly what the experts learn.
+Without a path it needs no files and no model, so the `cpu-smoke` preset and the tests can train experts
+anywhere: the context is nothing but records. With a path (a passage pool of `selfctx synth`, .txt or .jsonl
+with a `text` field) one to three facts are hidden at random depths among the model's own passages, in varied
+phrasings — retrieval-dense samples on the model's own text, the quickest signal for a memory to learn from.
+Answering needs what the compressed memory of earlier windows holds, which is exactly what the experts learn.
 """
 
 from __future__ import annotations
@@ -67,10 +70,56 @@ def recall_messages(rng: random.Random, target_chars: int) -> list[dict[str, str
     ]
 
 
+# (statement, question) phrasings of a hidden fact; {k} is the key, {v} the value
+_FACTS = (
+    ("The access code for the {k} is {v}.", "What is the access code for the {k}?"),
+    ("Remember this: the secret number of the {k} is {v}.", "What is the secret number of the {k}?"),
+    ("The {k} was assigned the serial number {v}.", "Which serial number was the {k} assigned?"),
+    ("Note for later: the passkey of the {k} is {v}.", "What is the passkey of the {k}?"),
+    ("In the ledger, the {k} is listed under the number {v}.", "Under which number is the {k} listed?"),
+)
+
+
+_PLACES = ("vault", "archive", "station", "project", "device")
+
+
+def _number(rng: random.Random) -> str:
+    digits = rng.randint(4, 7)
+    return str(rng.randrange(10 ** (digits - 1), 10**digits))
+
+
+def filler_messages(rng: random.Random, target_chars: int, passages: list[str]) -> list[dict[str, str]]:
+    """Passages up to ~target_chars with 1-3 facts at random boundaries; a question about one of them."""
+    pieces: list[str] = []
+    size = 0
+    while size < target_chars:
+        text = passages[rng.randrange(len(passages))]
+        pieces.append(text)
+        size += len(text) + 2
+    n_facts = rng.randint(1, 3)
+    statement, question = _FACTS[rng.randrange(len(_FACTS))]
+    keys = rng.sample(_WORDS, n_facts)
+    facts = [(f"{k} {rng.choice(_PLACES)}", _number(rng)) for k in keys]
+    for key, value in facts:
+        pieces.insert(rng.randint(0, len(pieces)), statement.format(k=key, v=value))
+    key, value = facts[rng.randrange(n_facts)]
+    context = "\n\n".join(pieces)
+    return [
+        {"role": "user", "content": f"{context}\n\n{question.format(k=key)}"},
+        {"role": "assistant", "content": value},
+    ]
+
+
 def recall_examples(
-    tokenizer: PreTrainedTokenizerBase, n_samples: int, min_tokens: int, max_tokens: int, seed: int
+    tokenizer: PreTrainedTokenizerBase,
+    n_samples: int,
+    min_tokens: int,
+    max_tokens: int,
+    seed: int,
+    passages: list[str] | None = None,
 ) -> list[Example]:
-    """`n_samples` tokenized conversations of min_tokens..max_tokens tokens (lengths drawn uniformly)."""
+    """`n_samples` tokenized conversations of min_tokens..max_tokens tokens (lengths drawn uniformly); with
+    `passages`, facts hidden among them, else records only."""
     rng = random.Random(f"recall-{seed}")
     out: list[Example] = []
     attempts = 0
@@ -78,8 +127,15 @@ def recall_examples(
         attempts += 1
         target = rng.randint(min_tokens, max_tokens)
         chars = target  # a first guess, corrected by the measured chars-per-token of the first try
+        sample_seed = rng.random()
         for _ in range(3):
-            example = tokenize_chat(tokenizer, recall_messages(random.Random(rng.random()), chars))
+            sample_rng = random.Random(sample_seed)
+            messages = (
+                filler_messages(sample_rng, chars, passages)
+                if passages
+                else recall_messages(sample_rng, chars)
+            )
+            example = tokenize_chat(tokenizer, messages)
             assert example is not None
             n = len(example.input_ids)
             if min_tokens <= n <= max_tokens:
