@@ -18,6 +18,7 @@ BENCHES: list[tuple[str, str]] = [
     ("synth-throughput", "synth_throughput"),
     ("serve-load", "serve_load"),
     ("expert-train", "expert_train"),
+    ("probe", "probe"),
 ]
 
 for verb, module_name in BENCHES:

@@ -1,0 +1,287 @@
+"""`selfctx bench probe`: can an expert learn, in minutes, to carry a fact through its memory?
+
+Each item is [sink][window 1: chat header, filler, "The passkey is N.", filler][raw tail: filler, the
+question][answer N]: the passkey is only in the compressed window, so the answer can come from nowhere but the
+memory. One expert is trained for a few minutes per seed (the real training loop and objective), then the
+answer's negative log-likelihood per token is measured on held-out items four ways:
+
+- right: the item's own memory (what the expert should make informative);
+- wrong: another item's memory, same tail (the memory is read, but it holds another passkey);
+- none:  no compressed memory at all (the sink and the tail only);
+- full:  the whole item read raw with full attention (what the memory should approach).
+
+A memory that carries the passkey gives right << wrong; untrained memory gives right ~ wrong. Settings
+(memory input, sink, objective, ratio, window, learning rate) are options, so each choice of the expert recipe
+is decided by this measurement; benchmarks/BENCHMARKS.md records each setting tried.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from selfctx.errors import SelfctxError
+
+_QUESTION = "\n\nWhat is the passkey? Answer with the number only."
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    context: tuple[int, ...]  # everything before the answer
+    answer: tuple[int, ...]
+
+
+class ProbeTask:
+    """Token-level construction of probe items, so the passkey provably sits in the first full window."""
+
+    def __init__(
+        self, tokenizer: Any, filler_texts: list[str], window: int, sink: int, digits: int = 5
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.window = window
+        self.sink = sink
+        self.digits = digits
+        stream: list[int] = []
+        for text in filler_texts:
+            stream.extend(self._ids(text + "\n\n"))
+            if len(stream) > 200_000:
+                break
+        if len(stream) < 4 * window:
+            raise SelfctxError(f"the filler holds {len(stream)} tokens, need >= {4 * window}: give more text")
+        self.stream = stream
+        head, rest = str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "\u0000"}], tokenize=False, add_generation_prompt=True
+            )
+        ).split("\u0000")
+        self.head = self._ids(head)
+        self.question_end = self._ids(_QUESTION + rest)
+        # the raw tail (filler + question) must stay shorter than a window, or it would be compressed too
+        self.tail_room = window - len(self.question_end) - 1
+        if len(self.head) + 24 > sink + window or self.tail_room < 8:
+            raise SelfctxError(
+                f"window {window} is too small for the chat header ({len(self.head)} tokens), a passkey and "
+                f"the question ({len(self.question_end)} tokens): use a larger --window"
+            )
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _filler(self, rng: random.Random, n: int) -> list[int]:
+        start = rng.randrange(0, len(self.stream) - n)
+        return self.stream[start : start + n]
+
+    def item(self, rng: random.Random) -> ProbeItem:
+        key = str(rng.randrange(10 ** (self.digits - 1), 10**self.digits))
+        fact = self._ids(f" The passkey is {key}. ")
+        room = self.sink + self.window - len(self.head) - len(fact)  # filler tokens in window 1
+        before = rng.randint(0, room)
+        first = self.head + self._filler(rng, before) + fact + self._filler(rng, room - before)
+        tail = self._filler(rng, rng.randint(self.tail_room // 2, self.tail_room))
+        return ProbeItem(tuple(first + tail + self.question_end), tuple(self._ids(key)))
+
+
+class _ProbeBatches:
+    """Fresh seeded items for every micro-batch (the loop's BatchSource protocol)."""
+
+    def __init__(self, task: ProbeTask, batch: int, seed: int, pad_id: int) -> None:
+        self.task, self.batch, self.seed, self.pad_id = task, batch, seed, pad_id
+
+    def samples_per_step(self, world: int) -> int:
+        return self.batch * world
+
+    def micro_batches(self, step: int, rank: int, world: int, device: Any) -> list[dict[str, Any]]:
+        from selfctx.train.data import IGNORE_INDEX, Example, collate
+
+        rng = random.Random(f"probe-train-{self.seed}-{step}-{rank}")
+        examples = []
+        for _ in range(self.batch):
+            item = self.task.item(rng)
+            ids = item.context + item.answer
+            labels = (IGNORE_INDEX,) * len(item.context) + item.answer
+            examples.append(Example(ids, labels, "probe"))
+        return [collate(examples, self.pad_id, device)]
+
+
+def _answer_nll(
+    lm: Any, layers: Any, raw: list[int], answer: tuple[int, ...], adapter: Any
+) -> tuple[float, bool]:
+    """(mean NLL per answer token, every answer token the argmax) reading `raw` + answer over `layers`."""
+    import torch
+    import torch.nn.functional as F
+
+    from selfctx.compress.engine import cache_from_memory, extend
+
+    cache = cache_from_memory(lm.parts, layers, 1)
+    ids = torch.tensor([raw + list(answer[:-1])], device=lm.device)
+    logits, _ = extend(lm.parts, cache, ids, torch.ones_like(ids), logits_for="all", adapter=adapter)
+    assert logits is not None
+    wanted = torch.tensor(answer, device=lm.device)
+    scores = logits[0, len(raw) - 1 :].float()  # (len(answer), V)
+    nll = F.cross_entropy(scores, wanted, reduction="mean")
+    return float(nll), bool((scores.argmax(-1) == wanted).all())
+
+
+def evaluate(lm: Any, ratio: int, items: list[ProbeItem]) -> dict[str, dict[str, float]]:
+    """Mean answer NLL per token (with its standard error) and exact rate for right/wrong/none/full."""
+    import torch
+
+    from selfctx.compress.engine import empty_memory, sink_memory
+
+    adapter = lm.battery.adapter_for(ratio)
+    compressed = []
+    with torch.no_grad():
+        for item in items:
+            ids = torch.tensor([item.context], device=lm.device)
+            layers, tail = lm.compress_ids(ids, ratio)
+            sink_layers = sink_memory(lm.parts, ids[:, : lm.sink])[0] if lm.sink else None
+            compressed.append((layers, tail[0].tolist(), sink_layers))
+        results: dict[str, list[tuple[float, bool]]] = {k: [] for k in ("right", "wrong", "none", "full")}
+        for i, item in enumerate(items):
+            layers, tail, sink_layers = compressed[i]
+            other = compressed[(i + 1) % len(items)][0]
+            nothing = sink_layers or empty_memory(lm.parts, 1, lm.parts.embed_tokens.weight)
+            results["right"].append(_answer_nll(lm, layers, tail, item.answer, adapter))
+            results["wrong"].append(_answer_nll(lm, other, tail, item.answer, adapter))
+            results["none"].append(_answer_nll(lm, nothing, tail, item.answer, adapter))
+            empty = empty_memory(lm.parts, 1, lm.parts.embed_tokens.weight)
+            results["full"].append(_answer_nll(lm, empty, list(item.context), item.answer, None))
+    summary = {}
+    for name, rows in results.items():
+        nlls = [r[0] for r in rows]
+        mean = sum(nlls) / len(nlls)
+        var = sum((x - mean) ** 2 for x in nlls) / max(1, len(nlls) - 1)
+        summary[name] = {
+            "nll": mean,
+            "nll_stderr": math.sqrt(var / len(nlls)),
+            "exact": sum(r[1] for r in rows) / len(rows),
+        }
+    return summary
+
+
+def _filler_texts(path: Path) -> list[str]:
+    from selfctx.train.config import DataSource
+    from selfctx.train.data import _source_files, _texts
+
+    texts = _texts(_source_files(DataSource(kind="text", path=str(path))))
+    random.Random(0).shuffle(texts)
+    return texts
+
+
+def command(
+    filler: Annotated[
+        Path, typer.Option(help="Filler text: a `selfctx synth` pool folder, .txt/.jsonl files or a folder.")
+    ],
+    model: Annotated[str, typer.Option(help="Model spec.")] = "smollm2-135m",
+    ratio: Annotated[int, typer.Option(help="The expert's compression ratio.")] = 4,
+    window: Annotated[int, typer.Option(help="Compression window W (the passkey sits in the first).")] = 64,
+    sink: Annotated[int, typer.Option(help="Raw sink tokens kept at position 0.")] = 1,
+    memory_input: Annotated[str, typer.Option(help="shared | span_last")] = "span_last",
+    objective: Annotated[str, typer.Option(help="lm | distill | mix")] = "mix",
+    steps: Annotated[int, typer.Option(help="Optimizer steps per seed.")] = 150,
+    batch: Annotated[int, typer.Option(help="Items per optimizer step.")] = 4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one trained expert each.")] = "0,1,2",
+    items: Annotated[int, typer.Option(help="Held-out items per seed.")] = 32,
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Train an expert for a few minutes per seed; answer NLL with the right, a wrong, no memory, full."""
+    if memory_input not in ("shared", "span_last"):
+        raise SelfctxError(f"--memory-input must be shared or span_last, got {memory_input!r}")
+    if objective not in ("lm", "distill", "mix"):
+        raise SelfctxError(f"--objective must be lm, distill or mix, got {objective!r}")
+    if window % ratio:
+        raise SelfctxError(f"--window {window} is not divisible by --ratio {ratio}")
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    if not filler.exists():
+        raise SelfctxError(f"--filler {filler} does not exist: pass a passage pool or a text folder")
+    texts = _filler_texts(filler)
+
+    import torch
+
+    from selfctx.compress.battery import ExpertBattery
+    from selfctx.compress.model import CompressedLM
+    from selfctx.models import load_causal_lm
+    from selfctx.train.config import LoopConfig, OptimConfig
+    from selfctx.train.experts import CompressionObjective, ExpertModule, ObjectiveSettings
+    from selfctx.train.loop import Trainer
+    from selfctx.train.teacher import Teacher
+
+    base, tokenizer = load_causal_lm(model, dtype=dtype)
+    task = ProbeTask(tokenizer, texts, window, sink)
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    settings = ObjectiveSettings(kind=objective, normalise="sample")  # type: ignore[arg-type]
+    teacher = Teacher(base, model, settings.top_k) if objective != "lm" else None
+    eval_rng = random.Random("probe-eval")
+    held_out = [task.item(eval_rng) for _ in range(items)]
+    rows = []
+    for seed in seed_list:
+        torch.manual_seed(seed)
+        battery = ExpertBattery.create(
+            base,
+            (ratio,),
+            rank=rank,
+            base_model=model,
+            memory_input=memory_input,  # type: ignore[arg-type]
+        )
+        battery.to(device=base.device, dtype=base.dtype)
+        lm = CompressedLM(base, tokenizer, battery, window=window, native_context=1024, sink=sink)
+        module = ExpertModule(lm)
+        module.select(ratio)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            loop = LoopConfig(
+                output_dir=tmp,
+                max_steps=steps,
+                micro_batch_size=batch,
+                seed=seed,
+                save_every=steps,
+                keep_checkpoints=1,
+                optim=OptimConfig(lr=lr, warmup_steps=max(1, steps // 20), scheduler="cosine"),
+            )
+            obj = CompressionObjective(ratio, False, settings, teacher, (sink, window))
+            trainer = Trainer(loop, module, obj, _ProbeBatches(task, batch, seed, pad_id))
+            losses = trainer.train().losses
+        seconds = time.perf_counter() - started
+        lm.eval()
+        summary = evaluate(lm, ratio, held_out)
+        rows.append({"seed": seed, "train_seconds": round(seconds, 1), "final_loss": losses[-1], **summary})
+        battery.requires_grad_(False)
+        r, w = summary["right"], summary["wrong"]
+        typer.echo(
+            f"seed {seed}: NLL/token right {r['nll']:.2f}±{r['nll_stderr']:.2f} wrong {w['nll']:.2f} "
+            f"none {summary['none']['nll']:.2f} full {summary['full']['nll']:.2f} | exact right "
+            f"{r['exact']:.2f} wrong {w['exact']:.2f} full {summary['full']['exact']:.2f} ({seconds:.0f} s)"
+        )
+    result = {
+        "settings": {
+            "model": model,
+            "ratio": ratio,
+            "window": window,
+            "sink": sink,
+            "memory_input": memory_input,
+            "objective": objective,
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "rank": rank,
+            "items": items,
+            "dtype": dtype,
+        },  # fmt: skip
+        "seeds": rows,
+    }
+    if out is not None:
+        from selfctx.fsutil import write_json_atomic
+
+        write_json_atomic(out, result)
+    typer.echo(json.dumps(result["settings"]))
