@@ -42,6 +42,8 @@ def compressed_lms(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict
             window=args.window,
             native_context=args.native_context,
             tokenizer=tokenizer,
+            sink=getattr(args, "untrained_sink", 0),
+            memory_input=getattr(args, "untrained_memory_input", "shared"),
         )
     return out
 

@@ -8,9 +8,11 @@ spread evenly over 0..1), asks for KEY's number, and offers VALUE among three ot
     python benchmarks/harness_needle_mc.py --haystack ../shared/data/paul_graham_essays \\
         --out runs/harness-mc --length 4000 --items 20 --native-context 8192 --ratio 8 \\
         --experts synth=runs/experts-cpu-synth/experts --experts nosynth=runs/experts-cpu-nosynth/experts \\
-        --experts clone=runs/experts-cpu-clone/experts --untrained --full
+        --experts clone=runs/experts-cpu-clone/experts --untrained --full --truncate 1024
 
-One loaded base model; each method is a `SelfctxLM` over it (full = ratio 1: the whole context read raw).
+One loaded base model; each method is a `SelfctxLM` over it (full = ratio 1: the whole context read raw;
+truncate-N = ratio 1 over the context's first and last halves of N minus the answer budget; the untrained
+expert uses --untrained-sink / --untrained-memory-input, so it can share the trained experts' mechanism).
 Results go to OUT/results.json and OUT/results.md; each method's lm-eval output to OUT/<method>/. A method
 whose results.json exists is skipped, so a stopped run resumes.
 """
@@ -69,14 +71,17 @@ def write_task(args: argparse.Namespace, tokenizer: Any, folder: Path) -> None:
 
 
 def methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict[str, Any]:
-    """name -> (CompressedLM, forced ratio); `full` is the first battery at ratio 1 (nothing compressed)."""
+    """name -> (CompressedLM, forced ratio, truncation); `full` and `truncate-N` read the first battery's
+    model at ratio 1 (nothing compressed)."""
     from compare_methods import compressed_lms  # this folder's comparison script: the same batteries
 
     lms = compressed_lms(args, model, tokenizer)
     out: dict[str, Any] = {}
-    if args.full and args.experts:
-        out["full"] = (next(iter(lms.values())), 1)
-    out.update({name: (lm, args.ratio) for name, lm in lms.items()})
+    if args.full and lms:
+        out["full"] = (next(iter(lms.values())), 1, None)
+    if args.truncate and lms:
+        out[f"truncate-{args.truncate}"] = (next(iter(lms.values())), 1, args.truncate)
+    out.update({name: (lm, args.ratio, None) for name, lm in lms.items()})
     return out
 
 
@@ -95,7 +100,10 @@ def main() -> None:
     parser.add_argument("--native-context", type=int, default=8192)
     parser.add_argument("--experts", action="append", default=[], help="NAME=DIR (repeatable)")
     parser.add_argument("--untrained", action="store_true")
-    parser.add_argument("--full", action="store_true", help="ratio 1 over the same model (needs --experts)")
+    parser.add_argument("--full", action="store_true", help="ratio 1 over the same model")
+    parser.add_argument("--truncate", type=int, default=0, help="also the truncation baseline at N tokens")
+    parser.add_argument("--untrained-sink", type=int, default=0)
+    parser.add_argument("--untrained-memory-input", default="shared", choices=["shared", "span_last"])
     args = parser.parse_args()
 
     import lm_eval
@@ -110,15 +118,14 @@ def main() -> None:
         write_task(args, tokenizer, task_dir)
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     summary: dict[str, Any] = {}
-    for name, (lm, ratio) in methods(args, model, tokenizer).items():
+    for name, (lm, ratio, truncate) in methods(args, model, tokenizer).items():
         folder = args.out / name
         if (folder / "results.json").is_file():
             summary[name] = json.loads((folder / "results.json").read_text())
             continue
         started = time.perf_counter()
-        out = lm_eval.simple_evaluate(
-            model=SelfctxLM(lm=lm, ratio=ratio), tasks=[TASK], task_manager=manager, log_samples=True
-        )
+        harness = SelfctxLM(lm=lm, ratio=ratio, truncate=truncate)
+        out = lm_eval.simple_evaluate(model=harness, tasks=[TASK], task_manager=manager, log_samples=True)
         assert out is not None
         per_item = [{"depth": s["doc"]["depth"], "correct": bool(s["acc"])} for s in out["samples"][TASK]]
         result = {

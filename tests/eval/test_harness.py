@@ -273,3 +273,15 @@ def _offline_env() -> dict[str, str]:
     import os
 
     return {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "SELFCTX_PROGRESS": "0"}
+
+
+def test_truncation_baseline_scores_the_head_and_tail_halves_read_raw() -> None:
+    lm = randomized_lm(native=512)
+    harness = SelfctxLM(lm=lm, truncate=64, answer_budget=16)
+    context, continuation = CONTEXT, " ledger"
+    ((score, _),) = harness.loglikelihood(ll_requests([(context, continuation)]), disable_tqdm=True)
+    ctx_ids, cont_ids = harness._encode_pair(context, continuation)
+    kept = ctx_ids[:24] + ctx_ids[-24:]  # 64 - 16 = 48 tokens: the first and the last 24
+    assert score == pytest.approx(full_attention_logprob(lm, kept, cont_ids)[0], abs=1e-4)
+    with pytest.raises(SelfctxError, match="ratio 1"):
+        SelfctxLM(lm=lm, truncate=64, ratio=4)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from selfctx.compress.adapters import MemoryInput
 from selfctx.compress.battery import DEFAULT_RATIOS, ExpertBattery, Route, route
 from selfctx.compress.engine import (
     AttentionPattern,
@@ -137,9 +138,11 @@ class CompressedLM(nn.Module):
         sink: int | None = None,
         kind: str = "lora",
         rank: int = 8,
+        memory_input: MemoryInput = "shared",
     ) -> CompressedLM:
         """A model spec (or a loaded model) plus an expert folder. Without `experts`, untrained experts for
-        `ratios` are created (zero LoRA: memory tokens read through the base weights)."""
+        `ratios` are created (zero LoRA: memory tokens read through the base weights; `memory_input` says
+        what their memory tokens start from)."""
         if isinstance(base, str):
             from selfctx.models import load_causal_lm
 
@@ -154,7 +157,9 @@ class CompressedLM(nn.Module):
         else:
             size = window or DEFAULT_WINDOW
             usable = tuple(r for r in ratios if size % r == 0 and r <= size)
-            battery = ExpertBattery.create(model, usable, kind=kind, rank=rank, base_model=name)
+            battery = ExpertBattery.create(
+                model, usable, kind=kind, rank=rank, base_model=name, memory_input=memory_input
+            )
         battery.to(next(model.parameters()).device)
         # Unset settings default to those the battery was trained under, then to the library defaults.
         trained = battery.mechanism

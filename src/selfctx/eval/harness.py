@@ -64,6 +64,7 @@ class SelfctxLM(TemplateLM):
         max_gen_toks: int = 256,
         answer_budget: int = 128,
         max_batch_size: int | None = None,  # lm-eval passes it; batches here are per shared context
+        truncate: int | None = None,
         lm: CompressedLM | None = None,
     ) -> None:
         super().__init__()
@@ -82,6 +83,12 @@ class SelfctxLM(TemplateLM):
                 f"ratio {ratio} has no expert (trained: {', '.join(map(str, lm.battery.ratios))}): "
                 "pick one of those"
             )
+        if truncate is not None and (ratio or 1) != 1:
+            raise SelfctxError("truncate reads the kept tokens raw: use it with ratio 1 (or no ratio)")
+        if truncate is not None and truncate <= answer_budget:
+            raise SelfctxError(
+                f"truncate {truncate} leaves no room beside the {answer_budget}-token answer budget"
+            )
         if str(batch_size).startswith("auto"):
             batch_size = 8  # continuations of one context are short; no memory probing needed
         self.lm = lm
@@ -90,6 +97,9 @@ class SelfctxLM(TemplateLM):
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         self.answer_budget = int(answer_budget)
+        # the truncation baseline: a context longer than `truncate` minus the answer budget keeps its first
+        # and last halves (LongBench's middle truncation) and is read raw
+        self.truncate = truncate
         self._device = lm.device
 
     # ------------------------------------------------------------ tokenization (TemplateLM's contract)
@@ -133,14 +143,14 @@ class SelfctxLM(TemplateLM):
     ) -> list[tuple[float, bool]]:
         by_context: dict[tuple[int, ...], list[int]] = {}  # insertion-ordered
         for index, (_strings, context, _continuation) in enumerate(requests):
-            by_context.setdefault(tuple(context), []).append(index)
+            by_context.setdefault(self._truncated(context), []).append(index)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for context, indices in _progress(by_context.items(), "loglikelihood", disable_tqdm):
             scored = score_continuations(
                 self.lm,
                 list(context),
                 [requests[i][2] for i in indices],
-                ratio=self.ratio,
+                ratio=1 if self.truncate else self.ratio,
                 budget=self.answer_budget,
                 batch_size=self.batch_size,
             )
@@ -148,6 +158,12 @@ class SelfctxLM(TemplateLM):
                 results[index] = result
                 self.cache_hook.add_partial("loglikelihood", requests[index][0], result)
         return [r for r in results if r is not None]
+
+    def _truncated(self, context: list[int]) -> tuple[int, ...]:
+        if self.truncate is None or len(context) <= self.truncate - self.answer_budget:
+            return tuple(context)
+        keep = self.truncate - self.answer_budget
+        return (*context[: keep // 2], *context[len(context) - (keep - keep // 2) :])
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         results = []
