@@ -114,3 +114,18 @@ def test_longbench_needle_and_report_verbs(tmp_path: Path, tiny_lm) -> None:
 def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "score", "--pred-dir", str(tmp_path / "none")])
     assert result.exit_code != 0 and "does not exist" in str(result.exception)
+
+
+def test_compressed_method_defaults_to_the_window_the_experts_were_trained_with(tmp_path: Path) -> None:
+    from selfctx.compress import ExpertBattery
+    from selfctx.eval.methods import build_method
+    from selfctx.tiny import tiny_llama, tiny_tokenizer
+
+    model = tiny_llama(seed=0)
+    battery = ExpertBattery.create(model, (4,))
+    battery.mechanism = {"window": 32, "native_context": 128, "pattern": "full-coverage", "sink": 1}
+    battery.save(tmp_path / "experts")
+    method = build_method("compressed", model, tiny_tokenizer(), experts=str(tmp_path / "experts"), ratio=4)
+    lm = method.compressed  # type: ignore[attr-defined]
+    assert (lm.window, lm.native_context, lm.sink) == (32, 128, 1)
+    assert method.name == "experts-w32-r4"

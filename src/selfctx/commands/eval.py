@@ -29,7 +29,7 @@ def _load_methods(
     methods: list[str],
     *,
     experts: str | None,
-    window: int,
+    window: int | None,
     ratio: int | None,
     dtype: str,
     device: str | None,
@@ -97,7 +97,9 @@ def longbench(
     limit: Annotated[int | None, typer.Option(help="first N rows of each dataset")] = None,
     max_length: Annotated[int, typer.Option(help="middle-truncate prompts to this many tokens")] = 15_500,
     experts: Annotated[str | None, typer.Option(help="expert folder for --method compressed")] = None,
-    window: Annotated[int, typer.Option(help="compression window (tokens)")] = 1024,
+    window: Annotated[
+        int | None, typer.Option(help="compression window in tokens (default: as the experts were trained)")
+    ] = None,
     ratio: Annotated[
         int | None, typer.Option(help="force one compression ratio (default: the router)")
     ] = None,
@@ -168,7 +170,7 @@ def needle(
     model: Annotated[str, typer.Option()] = "smollm2-135m",
     method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
     experts: Annotated[str | None, typer.Option()] = None,
-    window: Annotated[int, typer.Option()] = 1024,
+    window: Annotated[int | None, typer.Option(help="compression window (default: as trained)")] = None,
     ratio: Annotated[int | None, typer.Option()] = None,
     dtype: Annotated[str, typer.Option()] = "auto",
     device: Annotated[str | None, typer.Option()] = None,
@@ -233,7 +235,7 @@ def synthetic(
     model: Annotated[str, typer.Option()] = "smollm2-135m",
     method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
     experts: Annotated[str | None, typer.Option()] = None,
-    window: Annotated[int, typer.Option()] = 1024,
+    window: Annotated[int | None, typer.Option(help="compression window (default: as trained)")] = None,
     ratio: Annotated[int | None, typer.Option()] = None,
     dtype: Annotated[str, typer.Option()] = "auto",
     device: Annotated[str | None, typer.Option()] = None,

@@ -314,7 +314,7 @@ def build_method(
     tokenizer: PreTrainedTokenizerBase,
     *,
     experts: str | None = None,
-    window: int = 1024,
+    window: int | None = None,
     ratio: int | None = None,
     batch_size: int = 1,
 ) -> Method:
@@ -323,7 +323,8 @@ def build_method(
     truncate    the model's native window (prompt middle-truncated to fit with the generation budget)
     full        full attention up to the runner's maximum (LongBench: 15,500 tokens)
     compressed  selfctx.compress.CompressedLM: trained experts from `experts`, or untrained (zero-LoRA)
-                experts when none are given (memory tokens read through the base weights)
+                experts when none are given (memory tokens read through the base weights); `window`
+                None = the window the experts were trained with (1024 for untrained ones)
     """
     if kind == "truncate":
         return HFMethod(
@@ -337,7 +338,7 @@ def build_method(
         compressed = CompressedLM.from_pretrained(model, experts=experts, window=window, tokenizer=tokenizer)
         label = "experts" if experts else "compressed-untrained"
         return CompressedMethod(
-            compressed, name=f"{label}-w{window}" + (f"-r{ratio}" if ratio else ""), ratio=ratio
+            compressed, name=f"{label}-w{compressed.window}" + (f"-r{ratio}" if ratio else ""), ratio=ratio
         )
     raise SelfctxError(f"unknown method {kind!r}: pick one of {', '.join(METHOD_KINDS)}")
 
