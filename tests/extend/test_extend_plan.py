@@ -56,9 +56,10 @@ def test_every_budget_plans(budget: str, tmp_path: Path) -> None:
     assert plan.needle_lengths[-1] == cfg.target_length
     assert plan.experts.experts.ratios == list(plan.ratios)
     assert plan.experts.loop.output_dir == str(tmp_path / "train")
-    assert [s.path for s in plan.experts.data.sources] == [
-        str(tmp_path / "synth"),
-        str(tmp_path / "synth" / "pool"),
+    assert [(s.kind, s.path) for s in plan.experts.data.sources] == [
+        ("recall", str(tmp_path / "synth" / "pool")),
+        ("synth", str(tmp_path / "synth")),
+        ("text", str(tmp_path / "synth" / "pool")),
     ]
     # hashes cover paths relative to the run folder, so a moved folder keeps its markers
     assert str(tmp_path) not in str(plan.stage_configs())

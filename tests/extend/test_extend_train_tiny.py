@@ -27,7 +27,7 @@ def _tiny_plan(out: Path, steps: int = 1):  # noqa: ANN202
             "experts.experts.native_context=128",
             "experts.experts.group_tokens=512",
             "experts.data.min_tokens=16",
-            "experts.data.max_tokens=96",
+            "experts.data.max_tokens=160",  # room for a recall sample (chat header + fact + question)
             f"experts.loop.max_steps={steps}",
             "experts.loop.optim.lr=0.01",
         ],
@@ -55,7 +55,10 @@ def test_train_stage_publishes_a_loadable_battery_and_reruns_skip(tmp_path: Path
     stage = Stage("train", plan.stage_configs()["train"], lambda folder: train_stage(plan, folder, tmp_path))
     markers = run_stages(tmp_path, [stage], log=lambda _: None)
     outputs = markers["train"]["outputs"]
-    assert outputs["sources"] == ["text"]  # no synth samples: the model's passages alone
+    assert outputs["sources"] == [
+        "recall",
+        "text",
+    ]  # no synth samples: facts among the passages, and the passages
     assert set(outputs["experts"]) == {"r2", "r4"} and all(
         e["steps"] == 1 for e in outputs["experts"].values()
     )

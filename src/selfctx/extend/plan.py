@@ -312,9 +312,13 @@ def make_plan(cfg: ExtendConfig, out: Path, *, native_of_model: int | None = Non
         cfg.target_length, e.window, native, ev.answer_budget, cfg.min_ratio, margin=ev.prompt_margin
     )
     synth = replace(cfg.synth, model=cfg.model)
+    pool = str(out / "synth" / "pool")
+    # the smollm2-cpu recipe's mix over this run's own data: facts hidden among its passages, its task
+    # samples, its passages as plain text
     sources = [
-        DataSource(kind="synth", path=str(out / "synth"), weight=0.7),
-        DataSource(kind="text", path=str(out / "synth" / "pool"), weight=0.3),
+        DataSource(kind="recall", path=pool, weight=0.5),
+        DataSource(kind="synth", path=str(out / "synth"), weight=0.3),
+        DataSource(kind="text", path=pool, weight=0.2),
     ]
     experts = replace(
         cfg.experts,

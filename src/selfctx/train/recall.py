@@ -93,7 +93,9 @@ def filler_messages(rng: random.Random, target_chars: int, passages: list[str]) 
     pieces: list[str] = []
     size = 0
     while size < target_chars:
-        text = passages[rng.randrange(len(passages))]
+        text = passages[rng.randrange(len(passages))][
+            : max(1, target_chars - size)
+        ]  # the last one cut to fit
         pieces.append(text)
         size += len(text) + 2
     n_facts = rng.randint(1, 3)
