@@ -1,9 +1,8 @@
-"""Needle retrieval as multiple choice, scored by lm-evaluation-harness through `selfctx.eval.harness`.
+"""Needle retrieval as multiple choice (`selfctx.eval.needle_mc`), scored by lm-evaluation-harness through
+`selfctx.eval.harness`.
 
 Generation-scored needles give 0 or 100 per cell; ranking the right magic number against three others by
-log-likelihood gives a graded signal (chance = 25%) of whether a method carries the fact at all. Each item
-hides "One of the special magic numbers for KEY is: VALUE." at a sentence boundary of the haystack (depths
-spread evenly over 0..1), asks for KEY's number, and offers VALUE among three other 7-digit numbers.
+log-likelihood gives a graded signal (chance = 25%) of whether a method carries the fact at all.
 
     python benchmarks/harness_needle_mc.py --haystack ../shared/data/paul_graham_essays \\
         --out runs/harness-mc --length 4000 --items 20 --native-context 8192 --ratio 8 \\
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -31,35 +29,13 @@ TASK = "selfctx_needle_mc"
 
 def write_task(args: argparse.Namespace, tokenizer: Any, folder: Path) -> None:
     """Items as a local jsonl plus the lm-eval task YAML that reads it (no hub access)."""
-    from selfctx.eval.needle import load_haystack, make_task, place_needles
+    from selfctx.eval.needle import load_haystack
+    from selfctx.eval.needle_mc import make_items
 
-    haystack = load_haystack(args.haystack)
-    rng = random.Random(args.seed)
-    rows = []
-    for i in range(args.items):
-        depth = i / max(1, args.items - 1)
-        task = make_task("single", depth, rng)
-        value = task.expected[0]
-        others: set[str] = set()
-        while len(others) < 3:
-            candidate = str(rng.randint(1_000_000, 9_999_999))
-            if candidate != value:
-                others.add(candidate)
-        choices = [value, *sorted(others)]
-        rng.shuffle(choices)
-        placed = place_needles(tokenizer, haystack, args.length, task)
-        rows.append(
-            {
-                "context": placed.context,
-                "question": task.question,
-                "choices": choices,
-                "label": choices.index(value),
-                "depth": round(placed.placed_depths[0], 3),
-            }
-        )
+    items = make_items(tokenizer, load_haystack(args.haystack), args.length, args.items, args.seed)
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "items.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data.write_text("".join(json.dumps(item.to_json()) + "\n" for item in items), encoding="utf-8")
     (folder / "task.yaml").write_text(
         f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n"
         "test_split: test\noutput_type: multiple_choice\n"

@@ -44,6 +44,13 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
     return logprobs.gather(-1, targets[:, None])[:, 0], logprobs.argmax(-1) == targets
 
 
+def middle_truncate(ids: Sequence[int], keep: int) -> list[int]:
+    """The first and last halves of `keep` tokens (LongBench's truncation), or all ids if they fit."""
+    if len(ids) <= keep:
+        return list(ids)
+    return [*ids[: keep // 2], *ids[len(ids) - (keep - keep // 2) :]]
+
+
 @torch.no_grad()
 def score_continuations(
     lm: CompressedLM,

@@ -33,7 +33,7 @@ import torch
 
 from selfctx.compress.memory import Memory
 from selfctx.compress.model import CompressedLM
-from selfctx.compress.scoring import score_continuations, sequence_logprob
+from selfctx.compress.scoring import middle_truncate, score_continuations, sequence_logprob
 from selfctx.errors import SelfctxError
 
 _MISSING = "lm-evaluation-harness is not installed: pip install 'selfctx[harness]' (or lm-eval>=0.4.9)"
@@ -160,10 +160,9 @@ class SelfctxLM(TemplateLM):
         return [r for r in results if r is not None]
 
     def _truncated(self, context: list[int]) -> tuple[int, ...]:
-        if self.truncate is None or len(context) <= self.truncate - self.answer_budget:
+        if self.truncate is None:
             return tuple(context)
-        keep = self.truncate - self.answer_budget
-        return (*context[: keep // 2], *context[len(context) - (keep - keep // 2) :])
+        return tuple(middle_truncate(context, self.truncate - self.answer_budget))
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         results = []
