@@ -1,0 +1,182 @@
+"""One GPU run of the winning recipe: train SmolLM2 experts x8, x4, x16, x32 (the smollm2-cpu preset's recipe,
+bf16, bigger batches) and score them on the needle as 4-way multiple choice against full attention, truncation
+to the capped native window and the untrained expert with the same mechanism. Sized for one H200 in ~8 min.
+
+Here (CPU), once:
+    ../shared/tools/stage-smollm2                         # .gpu-stage/part00, part01, sha256, whl
+    python benchmarks/gpu/experts_h200.py prepare         # .gpu-stage/data: task samples, pool, haystack
+On the device machine (two calls, the second within ~30 s of the first):
+    carry [".gpu-stage/part00"]:  mkdir -p ~/m && cp .gpu-stage/part00 ~/m/
+    carry [".gpu-stage/part01", ".gpu-stage/sha256", ".gpu-stage/whl", ".gpu-stage/data"]:
+        bash benchmarks/gpu/run_h200.sh
+Results: $OUT/results.json, results.md, train_logs.json. The tests run `main` on a tiny model on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STAGE = Path(".gpu-stage/data")
+
+
+def prepare(synth: Path, pool: Path, haystack: Path, stage: Path = STAGE) -> None:
+    """Copy what the run reads into the carried stage folder (a few MB)."""
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(synth / "data", stage / "synth" / "data")
+    shutil.copytree(pool, stage / "pool", ignore=shutil.ignore_patterns("*.done.json", "pool.json"))
+    shutil.copytree(haystack, stage / "haystack")
+    print(
+        f"staged {sum(f.stat().st_size for f in stage.rglob('*') if f.is_file()) / 2**20:.1f} MiB in {stage}"
+    )
+
+
+def train(args: argparse.Namespace) -> Path:
+    from selfctx.commands.train import preset_defaults
+    from selfctx.config import load_config
+    from selfctx.train.experts import ExpertsConfig, run_experts
+
+    data = Path(args.data)
+    overrides = [
+        f"model.name={args.model}",
+        f"experts.ratios={args.ratios}",
+        f"data.sources=[{{kind: recall, path: {data / 'pool'}, weight: 0.5}}, "
+        f"{{kind: synth, path: {data / 'synth'}, weight: 0.3}}, "
+        f"{{kind: text, path: {data / 'pool'}, weight: 0.2}}]",
+        f"loop.output_dir={args.work / 'train'}",
+        f"loop.max_steps={args.steps}",
+        f"loop.micro_batch_size={args.micro_batch}",
+        f"loop.grad_accum_steps={args.accum}",
+        f"loop.dtype={args.dtype}",
+        f"loop.save_every={max(1, args.steps // 4)}",
+        f"data.ramp_samples={args.steps * args.micro_batch * args.accum // 2}",
+        *args.set,
+    ]
+    cfg = load_config(
+        ExpertsConfig, None, overrides, defaults=preset_defaults(ExpertsConfig, "experts", "smollm2-cpu")
+    )
+    result = run_experts(cfg)
+    assert result.experts_dir is not None
+    return result.experts_dir
+
+
+def evaluate(args: argparse.Namespace, experts: Path) -> dict[str, Any]:
+    import torch
+
+    from selfctx.compress import CompressedLM
+    from selfctx.eval.needle import load_haystack
+    from selfctx.eval.needle_mc import make_items, score_items
+    from selfctx.train.config import ModelSettings
+    from selfctx.train.experts import load_base
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_base(ModelSettings(name=args.model), 0, device, dtype)
+    trained = CompressedLM.from_pretrained(model, experts=experts, tokenizer=tokenizer)
+    # full attention reads the whole context raw: the model's own positions, not the capped native window
+    raw = CompressedLM.from_pretrained(
+        model, experts=experts, native_context=model.config.max_position_embeddings, tokenizer=tokenizer
+    )
+    untrained = CompressedLM.from_pretrained(
+        model,
+        ratios=trained.battery.ratios,
+        window=trained.window,
+        native_context=trained.native_context,
+        sink=trained.sink,
+        memory_input=trained.battery.adapter_for(trained.battery.ratios[0]).config.memory_input,
+        tokenizer=tokenizer,
+    )
+    haystack = load_haystack(args.haystack)
+    truncate = trained.native_context
+    rows: dict[str, Any] = {}
+    for length in args.lengths:
+        items = make_items(tokenizer, haystack, length, args.items, seed=0)
+        methods = {
+            "full": (raw, 1, None),
+            f"truncate-{truncate}": (trained, 1, truncate),
+            "untrained": (untrained, None, None),
+            "experts": (trained, None, None),
+        }
+        for name, (lm, ratio, cut) in methods.items():
+            started = time.perf_counter()
+            with torch.no_grad():
+                result = score_items(lm, items, ratio=ratio, truncate=cut, answer_budget=args.answer_budget)
+            n = len(tokenizer(items[0].context)["input_ids"])
+            routed = lm.route_for(n, args.answer_budget).ratio if ratio is None else 1
+            rows[f"{name}@{length}"] = {
+                "method": name,
+                "length": length,
+                "ratio": routed,
+                "seconds": round(time.perf_counter() - started, 1),
+                **result,
+            }
+            print(
+                f"{length:>6} {name:<16} x{routed:<3} acc {result['acc']:.3f} ± {result['acc_stderr']:.3f}",
+                flush=True,
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="verb", required=True)
+    prep = sub.add_parser("prepare", help="stage the data here (CPU)")
+    prep.add_argument("--synth", type=Path, default=Path("runs/synth"))
+    prep.add_argument("--pool", type=Path, default=Path("runs/pool/pool"))
+    prep.add_argument("--haystack", type=Path, default=Path("../shared/data/paul_graham_essays"))
+    run = sub.add_parser("run", help="train and evaluate (the device machine)")
+    run.add_argument("--model", default=".gpu-stage/smollm2.gguf")
+    run.add_argument("--data", type=Path, default=STAGE)
+    run.add_argument("--haystack", type=Path, default=STAGE / "haystack")
+    run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--work", type=Path, default=Path("/tmp/selfctx-gpu"))
+    run.add_argument("--ratios", default="[8, 4, 16, 32]")
+    run.add_argument("--steps", type=int, default=150)
+    run.add_argument("--micro-batch", type=int, default=4)
+    run.add_argument("--accum", type=int, default=1)
+    run.add_argument("--dtype", default="bfloat16")
+    run.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[4000, 8000])
+    run.add_argument("--items", type=int, default=100)
+    run.add_argument(
+        "--answer-budget", type=int, default=128, help="question + answer tokens the router keeps"
+    )
+    run.add_argument("--set", action="append", default=[], help="extra experts config override (repeatable)")
+    args = parser.parse_args(argv)
+    if args.verb == "prepare":
+        prepare(args.synth, args.pool, args.haystack)
+        return
+    started = time.perf_counter()
+    experts = train(args)
+    trained_s = time.perf_counter() - started
+    rows = evaluate(args, experts)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = {
+        run.name: [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line]
+        for run in sorted((args.work / "train").glob("r*"))
+        if (run / "train_log.jsonl").is_file()
+    }
+    summary = {"train_seconds": round(trained_s, 1), "total_seconds": round(time.perf_counter() - started, 1)}
+    (args.out / "results.json").write_text(json.dumps({**summary, "rows": rows}, indent=1))
+    (args.out / "train_logs.json").write_text(json.dumps(logs))
+    lines = [
+        "| length | method | ratio | accuracy % | ± stderr | items | s |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['length']} | {r['method']} | {r['ratio']} | {100 * r['acc']:.1f} "
+            f"| {100 * r['acc_stderr']:.1f} | {r['items']} | {r['seconds']} |"
+        )
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), json.dumps(summary), sep="\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
