@@ -196,3 +196,30 @@ def test_presets_are_valid_configs(preset: str) -> None:
     cfg = load_config(ExpertsConfig, None, [], defaults=preset_defaults(ExpertsConfig, "experts", preset))
     assert cfg.experts.window % max(cfg.experts.ratios) == 0
     assert cfg.experts.native_context is None or cfg.experts.window < cfg.experts.native_context
+
+
+def test_snapshot_writes_a_loadable_battery_from_the_latest_checkpoints(tmp_path: Path) -> None:
+    from selfctx.compress import CompressedLM
+    from selfctx.train.experts import snapshot_battery
+
+    cfg = smoke_cfg(
+        tmp_path / "run", "loop.max_steps=4", "loop.save_every=2", "data.max_samples_per_source=4"
+    )
+    run_experts(cfg, stop_after=2)  # r2 stops at step 2 of 4: training is unfinished, no experts/ yet
+    assert not (tmp_path / "run" / "experts").exists()
+    steps = snapshot_battery(cfg, tmp_path / "snap")
+    assert steps == {"r2": 2, "r4": 0}
+    saved = expert_weights(tmp_path / "snap")
+    checkpoint = load_file(
+        str(next((tmp_path / "run" / "r2" / "checkpoints").glob("step-*")) / "trainable.safetensors")
+    )
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if k.startswith("expert-r2/") and "lora_B" in k)
+    assert all(v.abs().sum() == 0 for k, v in saved.items() if k.startswith("expert-r4/") and "lora_B" in k)
+    assert len(checkpoint) == sum(1 for k in saved if k.startswith("expert-r2/"))
+    from selfctx.train.experts import load_base
+
+    model, tokenizer = load_base(cfg.model, cfg.loop.seed, torch.device("cpu"), torch.float32)
+    lm = CompressedLM.from_pretrained(model, experts=tmp_path / "snap", tokenizer=tokenizer)
+    assert lm.battery.ratios == (2, 4) and lm.window == cfg.experts.window and lm.sink == cfg.experts.sink
+    meta = json.loads((tmp_path / "snap" / "selfctx_train.json").read_text())
+    assert meta["snapshot_steps"] == {"r2": 2, "r4": 0}

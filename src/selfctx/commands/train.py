@@ -63,10 +63,20 @@ def command(
         list[str] | None,
         typer.Option("--set", "-s", help="dotted override, e.g. loop.max_steps=10 (repeatable)"),
     ] = None,
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(
+            "--snapshot",
+            help="experts only: write a loadable battery here from the latest checkpoints and exit (the "
+            "training may still be running)",
+        ),
+    ] = None,
 ) -> None:
     """Train compression experts or fine-tune for long contexts (resumes from the latest checkpoint)."""
     if method not in METHODS:
         raise SelfctxError(f"unknown training method {method!r}: use one of {', '.join(METHODS)}")
+    if snapshot is not None and method != "experts":
+        raise SelfctxError("--snapshot writes an expert battery: use it with --method experts")
     from selfctx.config import load_config
 
     if method == "experts":
@@ -74,6 +84,12 @@ def command(
 
         defaults = preset_defaults(ExpertsConfig, method, preset) if preset else None
         cfg = load_config(ExpertsConfig, config, overrides or [], defaults=defaults)
+        if snapshot is not None:
+            from selfctx.train.experts import snapshot_battery
+
+            steps = snapshot_battery(cfg, snapshot)
+            typer.echo(f"experts in {snapshot} ({', '.join(f'{k}: step {v}' for k, v in steps.items())})")
+            return
         outcome = run_experts(cfg)
         where = Path(cfg.loop.output_dir)
         for name, run in outcome.runs.items():

@@ -417,14 +417,41 @@ def save_battery(cfg: ExpertsConfig, module: ExpertModule, output: Path) -> Path
         if final is None or int(_read_step(final)) < cfg.loop.max_steps:
             raise SelfctxError(f"{output / name} has not finished training: rerun the same command")
         _load_run(module, output / name)
-    target = output / EXPERTS_DIR
-    tmp = output / (EXPERTS_DIR + ".tmp")
+    return _write_battery(cfg, module, output / EXPERTS_DIR, {})
+
+
+def _write_battery(cfg: ExpertsConfig, module: ExpertModule, target: Path, steps: dict[str, int]) -> Path:
+    """The module's battery at `target`, atomically, with the training config (and, for a snapshot, the
+    step each run had reached)."""
+    tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     module.compressed.battery.save(tmp)
-    write_json_atomic(tmp / "selfctx_train.json", to_dict(cfg))
+    write_json_atomic(
+        tmp / "selfctx_train.json", {**to_dict(cfg), **({"snapshot_steps": steps} if steps else {})}
+    )
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
+
+
+def snapshot_battery(cfg: ExpertsConfig, target: Path) -> dict[str, int]:
+    """Write a loadable battery at `target` from each run's latest checkpoint, while training goes on; experts
+    without a checkpoint stay untrained. Returns the step of each run folder (0: untrained)."""
+    from selfctx.models import resolve_dtype
+    from selfctx.train.distributed import resolve_device
+
+    device = resolve_device(cfg.loop.device, DistInfo())
+    model, tokenizer = load_base(cfg.model, cfg.loop.seed, device, resolve_dtype(cfg.loop.dtype, device.type))
+    module = ExpertModule(build_compressed(cfg, model, tokenizer))
+    output = Path(cfg.loop.output_dir)
+    steps = {}
+    for name, _ in _all_runs(cfg):
+        latest = ckpt.latest(output / name)
+        steps[name] = _read_step(latest) if latest is not None else 0
+        if latest is not None:
+            _load_run(module, output / name)
+    _write_battery(cfg, module, target, steps)
+    return steps
 
 
 def _read_step(checkpoint_path: Path) -> int:
