@@ -223,3 +223,16 @@ def test_snapshot_writes_a_loadable_battery_from_the_latest_checkpoints(tmp_path
     assert lm.battery.ratios == (2, 4) and lm.window == cfg.experts.window and lm.sink == cfg.experts.sink
     meta = json.loads((tmp_path / "snap" / "selfctx_train.json").read_text())
     assert meta["snapshot_steps"] == {"r2": 2, "r4": 0}
+
+
+def test_the_log_splits_the_loss_into_next_token_and_kl_terms(tmp_path: Path) -> None:
+    cfg = smoke_cfg(
+        tmp_path / "run", "experts.ratios=[4]", "loop.max_steps=2", "data.max_samples_per_source=4"
+    )
+    run_experts(cfg)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "r4" / "train_log.jsonl").read_text().splitlines()
+    ]
+    for row in rows:  # mix, per-sample normalisation: the step's loss is the mean of lm + kl over its samples
+        assert row["lm"] > 0 and row["kl"] >= 0
+        assert row["loss"] == pytest.approx(row["lm"] + row["kl"], rel=1e-4)

@@ -125,6 +125,7 @@ class CompressionObjective:
         self.settings = settings or ObjectiveSettings(kind="lm", normalise="token")
         self.teacher = teacher
         self.first_reader = sum(geometry)
+        self._terms: list[tuple[float, float]] = []  # per sample (next-token loss, KL) means, this step
         if self.settings.kind != "lm" and teacher is None:
             raise ValueError(f"objective {self.settings.kind!r} needs a teacher")
 
@@ -165,12 +166,19 @@ class CompressionObjective:
         out = model.compressed.forward_train(
             batch["input_ids"], batch["labels"], ratio, checkpointing=self.checkpointing, teacher=teacher
         )
+        lm_mean = out.lm_sum / out.lm_count.clamp(min=1)  # (B,) each sample's own averages
+        kl_mean = out.kl_sum / out.kl_count.clamp(min=1)
+        self._terms += [(float(a), float(b)) for a, b in zip(lm_mean, kl_mean, strict=True)]
         if self.settings.normalise == "token":
             return lm_w * out.lm_sum.sum() + kl_w * out.kl_sum.sum()
-        per_row = lm_w * out.lm_sum / out.lm_count.clamp(min=1) + kl_w * out.kl_sum / out.kl_count.clamp(
-            min=1
-        )
-        return per_row.sum()
+        return (lm_w * lm_mean + kl_w * kl_mean).sum()
+
+    def step_metrics(self) -> dict[str, float]:
+        """Mean per-sample next-token loss and KL of this rank's samples since the last call (for the log)."""
+        terms, self._terms = self._terms, []
+        if not terms:
+            return {}
+        return {"lm": sum(t[0] for t in terms) / len(terms), "kl": sum(t[1] for t in terms) / len(terms)}
 
 
 class ExpertModule(nn.Module):

@@ -230,6 +230,8 @@ class Trainer:
                 started = time.perf_counter()
                 lr = self.scheduler.get_last_lr()[0]
                 loss, n_tokens, norm = self._step(step)
+                metrics = getattr(self.objective, "step_metrics", None)
+                extra = metrics() if callable(metrics) else {}  # the objective's own terms, e.g. lm and kl
                 elapsed = time.perf_counter() - started
                 step += 1
                 samples += self.batches.samples_per_step(self.dist.world)
@@ -250,6 +252,7 @@ class Trainer:
                         "samples_seen": samples,
                         "time": time.time(),
                     }
+                    row.update(extra)
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     if board is not None:
