@@ -95,3 +95,15 @@ def test_saved_battery_keeps_memory_input_and_sink(tmp_path: Path):
     ids = ids_of(3 * WINDOW + 4)
     with torch.no_grad():
         assert torch.equal(lm.logits(ids, 8), loaded.logits(ids, 8))
+
+
+def test_a_memory_made_with_another_sink_is_refused():
+    from selfctx.errors import SelfctxError
+
+    lm = make_lm(sink=1)
+    memory = lm.compress(ids_of(3 * WINDOW)[0].tolist(), ratio=4)
+    assert memory.info.sink == 1
+    other = CompressedLM(lm.model, None, lm.battery, window=WINDOW, native_context=1024, sink=0)
+    with pytest.raises(SelfctxError, match="sink"):
+        other.check_memory(memory)
+    lm.check_memory(memory)

@@ -40,6 +40,9 @@ def test_ratio_plan_examples() -> None:
     assert ratio_plan(32768, 1024, 2048, 128, 4) == (4, 8, 16, 32, 64)
     assert ratio_plan(131072, 1024, 4096, 128, 2) == (2, 4, 8, 16, 32, 64)
     assert ratio_plan(500, 256, 1024, 128, 2) == (2,)  # already fits: the gentlest expert alone
+    # room 640 is a whole number of x8 windows: the raw sink token pushes 5,375 tokens past x8's reach
+    assert ratio_plan(5375, 256, 1024, 128, 8) == (8,)
+    assert ratio_plan(5375, 256, 1024, 128, 8, sink=1) == (8, 16)
 
 
 def test_ratio_plan_out_of_reach_says_what_to_do() -> None:

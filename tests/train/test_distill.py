@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selfctx.compress import CompressedLM, ExpertBattery
-from selfctx.compress.train_loss import TeacherTargets, topk_kl
+from selfctx.compress.train_loss import TeacherTargets, rest_logprob, topk_kl
 from selfctx.tiny import tiny_llama
 from selfctx.train import teacher as teacher_mod
 from selfctx.train.experts import CompressionObjective, ObjectiveSettings
@@ -41,12 +41,19 @@ def test_topk_kl_is_zero_for_equal_distributions_and_the_full_kl_when_k_is_the_v
     gen = torch.Generator().manual_seed(0)
     p = torch.log_softmax(torch.randn(5, 50, generator=gen), -1)
     q = torch.log_softmax(torch.randn(5, 50, generator=gen), -1)
-    assert torch.allclose(topk_kl(p, p), torch.zeros(5), atol=1e-6)
+    everything = torch.arange(50).expand(5, 50)
+    assert torch.allclose(topk_kl(p, p, rest_logprob(p, everything)), torch.zeros(5), atol=1e-6)
     full = (p.exp() * (p - q)).sum(-1)
-    assert torch.allclose(topk_kl(p, q), full, atol=1e-5)  # k = V: nothing left in the rest bucket
+    assert torch.allclose(topk_kl(p, q, rest_logprob(q, everything)), full, atol=1e-5)  # k = V: no rest
     top = p.topk(8, -1)
-    partial = topk_kl(top.values, q.gather(1, top.indices))
+    partial = topk_kl(top.values, q.gather(1, top.indices), rest_logprob(q, top.indices))
     assert (partial >= -1e-6).all() and (partial <= full + 1e-5).all()  # a coarser partition: smaller KL
+    same = topk_kl(top.values, p.gather(1, top.indices), rest_logprob(p, top.indices))
+    assert torch.allclose(same, torch.zeros(5), atol=1e-6)
+    # a student with almost all its mass on the top-k: the rest bucket stays exact (no 1 - sum cancellation)
+    peaked = torch.log_softmax(torch.cat([torch.full((1, 4), 30.0), torch.zeros(1, 46)], 1), -1)
+    ids = peaked.topk(4, -1).indices
+    assert torch.isclose(rest_logprob(peaked, ids), torch.logsumexp(peaked[0, 4:], -1)).all()
 
 
 def test_distillation_loss_is_zero_where_the_student_reads_everything_raw():
@@ -145,3 +152,18 @@ def test_a_sample_longer_than_the_teacher_reads_has_no_teacher():
     teacher = Teacher(model, "tiny", 4)
     assert teacher.targets(ids_of(40), torch.ones(1, 40, dtype=torch.bool)) is None
     assert teacher.targets(ids_of(30), torch.ones(1, 30, dtype=torch.bool)) is not None
+
+
+def test_teacher_reads_each_padded_row_at_its_own_length(tmp_path: Path):
+    model = tiny_llama(seed=0)
+    teacher = Teacher(model, "tiny-0", 4, tmp_path / "cache")
+    short, long = ids_of(20, seed=1)[0], ids_of(30, seed=2)[0]
+    batch = torch.zeros(2, 30, dtype=torch.long)
+    batch[0, :20], batch[1] = short, long
+    mask = torch.zeros(2, 30, dtype=torch.bool)
+    mask[0, :20], mask[1] = True, True
+    targets = teacher.targets(batch, mask, torch.tensor([20, 30]))
+    assert targets is not None
+    alone_ids, alone_lp = teacher.topk(short)  # type: ignore[misc]
+    assert torch.equal(targets.ids[0, :20], alone_ids) and torch.allclose(targets.logprobs[0, :20], alone_lp)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2  # keyed by the unpadded rows

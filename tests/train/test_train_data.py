@@ -114,7 +114,10 @@ def test_length_ramp_serves_short_samples_first_and_reaches_every_length() -> No
     assert [again.example(i).input_ids for i in range(200)] == [mix.example(i).input_ids for i in range(200)]
     only_long = [Example(tuple(range(300)), tuple(range(300)), "text")]
     cut = DataMix([only_long], [1.0], seed=0, ramp_samples=10, ramp_start=50).example(0)
-    assert len(cut.input_ids) == len(cut.labels) == 50  # nothing fits: cut to the limit
+    assert len(cut.input_ids) == len(cut.labels) == 50  # nothing fits: plain text is cut to the limit
+    answer = [Example(tuple(range(300)), (IGNORE_INDEX,) * 299 + (7,), "chat")]
+    whole = DataMix([answer], [1.0], seed=0, ramp_samples=10, ramp_start=50).example(0)
+    assert len(whole.input_ids) == 300 and whole.labels[-1] == 7  # an answer is never cut off
 
 
 def test_recall_with_passages_hides_a_fact_among_them_and_asks_for_it() -> None:

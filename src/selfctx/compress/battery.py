@@ -71,8 +71,8 @@ class ExpertBattery(nn.Module):
         # Registered once each (the clone is shared); typed by what it holds.
         self.adapters: list[MemoryAdapter] = nn.ModuleList(unique.values())  # type: ignore[assignment]
         self._by_ratio = adapters
-        # The window mechanism the battery was trained under (window, native_context, pattern): saved with it
-        # so inference uses the same settings by default.
+        # The window mechanism the battery was trained under (window, native_context, pattern, sink): saved
+        # with it so inference uses the same settings by default.
         self.mechanism: dict[str, Any] = {}
 
     @staticmethod

@@ -301,7 +301,8 @@ def memory_inputs(adapter: MemoryAdapter, raw: torch.Tensor, n_mem: int) -> torc
 def sink_memory(parts: BaseParts, ids: torch.Tensor) -> tuple[list[LayerMemory], torch.Tensor]:
     """The input's first tokens (B, s) kept raw as the first memory entries (the attention sink).
 
-    They go through the frozen base weights exactly as full attention would read them (positions 0..s-1),
+    They go through the frozen base weights as full attention would read them (positions 0..s-1; under the
+    `lora_on: all` ablation raw window tokens get the LoRA and the sink does not),
     so every later window still sees the token the model dumps its spare attention on. Returns per-layer
     pre-RoPE keys/values (B, Hkv, s, hd) and their normed final hidden states (B, s, D)."""
     batch, s = ids.shape

@@ -31,6 +31,7 @@ class MemoryInfo:
     head_dim: int
     dtype: str
     format_version: int = FORMAT_VERSION
+    sink: int = 0  # raw tokens kept at the head of the memory (files written before it existed: 0)
 
 
 @dataclass

@@ -397,6 +397,7 @@ class CompressedLM(nn.Module):
             num_kv_heads=self.parts.num_kv_heads,
             head_dim=self.parts.head_dim,
             dtype=str(self.parts.embed_tokens.weight.dtype).replace("torch.", ""),
+            sink=0 if chosen == 1 else min(self.sink, len(ids)),
         )
         return Memory(layers=layers, tail_ids=tail[0], info=info)
 
@@ -410,6 +411,11 @@ class CompressedLM(nn.Module):
             raise SelfctxError("this memory was made by a model of another shape: compress the context again")
         if info.window != self.window:
             raise SelfctxError(f"this memory used window {info.window}, the model uses {self.window}")
+        if info.ratio > 1 and info.sink != min(self.sink, info.n_context_tokens):
+            raise SelfctxError(
+                f"this memory kept {info.sink} raw sink tokens, the model keeps {self.sink}: compress the "
+                "context again"
+            )
 
     @torch.no_grad()
     def generate(

@@ -32,19 +32,26 @@ class TeacherTargets:
     mask: torch.Tensor
 
 
-def topk_kl(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor) -> torch.Tensor:
+def topk_kl(
+    teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor, student_rest: torch.Tensor
+) -> torch.Tensor:
     """KL(teacher || student) over the teacher's top-k tokens plus one bucket for the remaining mass.
 
-    teacher_logprobs, student_logprobs: (K, k), log-probabilities of the same k tokens -> (K,) nats."""
+    teacher_logprobs, student_logprobs: (K, k), log-probabilities of the same k tokens; student_rest: (K,) the
+    log of the student's mass on every other token (a logsumexp, so it stays exact when that mass is tiny)
+    -> (K,) nats."""
     p = teacher_logprobs.float().exp()  # (K, k)
-    s = student_logprobs.float()
-    head = (p * (teacher_logprobs.float() - s)).sum(-1)  # (K,)
+    head = (p * (teacher_logprobs.float() - student_logprobs.float())).sum(-1)  # (K,)
     p_rest = (1.0 - p.sum(-1)).clamp(min=0.0)  # (K,)
-    q_rest = (1.0 - s.exp().sum(-1)).clamp(min=_TINY)
     rest = torch.where(
-        p_rest > 0, p_rest * (p_rest.clamp(min=_TINY).log() - q_rest.log()), torch.zeros_like(p_rest)
+        p_rest > 0, p_rest * (p_rest.clamp(min=_TINY).log() - student_rest.float()), torch.zeros_like(p_rest)
     )
     return head + rest
+
+
+def rest_logprob(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log of the probability mass of (K, V) log-probabilities outside the (K, k) ids -> (K,)."""
+    return logp.scatter(1, ids, float("-inf")).logsumexp(-1)
 
 
 def loss_terms(
@@ -65,7 +72,8 @@ def loss_terms(
     labelled = targets != IGNORE_INDEX
     ce = -logp.gather(1, targets.clamp(min=0)[:, None])[:, 0] * labelled  # (K,)
     if teacher_ids is not None and teacher_logprobs is not None and kl_mask is not None:
-        kl = topk_kl(teacher_logprobs, logp.gather(1, teacher_ids)) * kl_mask  # (K,)
+        kl = topk_kl(teacher_logprobs, logp.gather(1, teacher_ids), rest_logprob(logp, teacher_ids))
+        kl = torch.where(kl_mask, kl, torch.zeros_like(kl))  # (K,)
     else:
         kl = torch.zeros_like(ce)
     return logp.new_zeros(2, batch).index_add(1, rows, torch.stack([ce, kl]))

@@ -164,7 +164,12 @@ class SelfctxLM(TemplateLM):
             return tuple(context)
         return tuple(middle_truncate(context, self.truncate - self.answer_budget))
 
+    def _no_truncation(self, kind: str) -> None:
+        if self.truncate is not None:
+            raise SelfctxError(f"truncate is the baseline for loglikelihood tasks only, not {kind}: drop it")
+
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        self._no_truncation("loglikelihood_rolling")
         results = []
         for request in _progress(requests, "loglikelihood_rolling", disable_tqdm):
             (text,) = request.args
@@ -175,6 +180,7 @@ class SelfctxLM(TemplateLM):
         return results
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        self._no_truncation("generate_until")
         outputs = []
         for request in _progress(requests, "generate_until", disable_tqdm):
             context, gen_kwargs = request.args

@@ -106,9 +106,11 @@ def model_fingerprint(lm: CompressedLM, config: ServeConfig) -> str:
         "window": lm.window,
         "native_context": lm.native_context,
         "pattern": lm.pattern,
+        "sink": lm.sink,
         "budget": config.answer_budget,
         "ratios": list(lm.battery.ratios),
         "kind": lm.battery.kind,
+        "memory_inputs": [a.config.memory_input for a in lm.battery.adapters],
         "dtype": str(lm.parts.embed_tokens.weight.dtype),
     }
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())

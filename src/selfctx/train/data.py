@@ -219,8 +219,9 @@ class DataMix:
 
     With a length ramp (`ramp_samples` > 0) the stream is a curriculum: sample i is no longer than a limit
     that grows linearly from `ramp_start` tokens at i = 0 to unlimited at i = ramp_samples — each source's
-    permutation is walked on to the next example that fits (or, if none of the next few does, the example
-    is cut to the limit)."""
+    permutation is walked on to the next example that fits (or, if none of the next few does, the shortest
+    of them: cut to the limit when every token is labelled, as plain text is, else served whole so an
+    answer is never cut off)."""
 
     def __init__(
         self,
@@ -281,12 +282,16 @@ class DataMix:
         source = int(self._choice[index])
         ordinal = int(self._ordinal[index])
         limit = self.length_limit(index)
+        shortest = self._at(source, ordinal)
         for step in range(_RAMP_SEARCH):
             candidate = self._at(source, ordinal + step)
             if len(candidate.input_ids) <= limit:
                 return candidate
-        first = self._at(source, ordinal)
-        return Example(first.input_ids[:limit], first.labels[:limit], first.source)
+            if len(candidate.input_ids) < len(shortest.input_ids):
+                shortest = candidate
+        if IGNORE_INDEX in shortest.labels:  # answer-only labels: cutting would drop the answer, so no cut
+            return shortest
+        return Example(shortest.input_ids[:limit], shortest.labels[:limit], shortest.source)
 
 
 def build_mix(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> DataMix:

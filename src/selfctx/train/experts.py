@@ -57,7 +57,7 @@ class ExpertSettings:
     sink: int = 1  # the input's first tokens kept raw at position 0 (never compressed)
     memory_input: Literal["shared", "span_last"] = "span_last"  # see compress.engine.memory_inputs
     # a LoRA expert that starts training copies the expert trained just before it (list the ratios in the
-    # order they should train: e.g. [8, 4, 16] trains x8 from scratch, then x4 and x16 from it)
+    # order they should train: e.g. [8, 4, 16] trains x8 from scratch, x4 from x8, then x16 from x4)
     init_from_previous: bool = True
 
     def __post_init__(self) -> None:
@@ -154,13 +154,22 @@ class CompressionObjective:
         if self.settings.normalise == "sample":
             return int(batch["input_ids"].shape[0])
         lm_w, kl_w = self._weights()
+        if kl_w and not self._teacher_reads(batch):  # the same fallback __call__ takes: next-token loss only
+            lm_w, kl_w = max(lm_w, 1.0), 0.0
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if lm_w else 0
         return n + (int(self._kl_mask(batch).sum()) if kl_w else 0)
+
+    def _teacher_reads(self, batch: dict[str, Any]) -> bool:
+        limit = getattr(self.teacher, "max_positions", 0)
+        return not limit or int(batch["input_ids"].shape[1]) <= limit
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         ratio = int(batch.get("ratio", self.ratio or 0))
         lm_w, kl_w = self._weights()
-        teacher = self.teacher.targets(batch["input_ids"], self._kl_mask(batch)) if kl_w else None
+        teacher = None
+        if kl_w:
+            lengths = batch["attention_mask"].sum(1) if "attention_mask" in batch else None
+            teacher = self.teacher.targets(batch["input_ids"], self._kl_mask(batch), lengths)
         if kl_w and teacher is None:  # longer than the teacher reads: next-token loss only (warned once)
             lm_w, kl_w = max(lm_w, 1.0), 0.0
         out = model.compressed.forward_train(
@@ -168,7 +177,8 @@ class CompressionObjective:
         )
         lm_mean = out.lm_sum / out.lm_count.clamp(min=1)  # (B,) each sample's own averages
         kl_mean = out.kl_sum / out.kl_count.clamp(min=1)
-        self._terms += [(float(a), float(b)) for a, b in zip(lm_mean, kl_mean, strict=True)]
+        pairs = zip(lm_mean.detach().tolist(), kl_mean.detach().tolist(), strict=True)
+        self._terms += [(float(a), float(b)) for a, b in pairs]
         if self.settings.normalise == "token":
             return lm_w * out.lm_sum.sum() + kl_w * out.kl_sum.sum()
         return (lm_w * lm_mean + kl_w * kl_mean).sum()
@@ -214,7 +224,7 @@ class RatioMixBatches:
         rng = np.random.default_rng([self.seed, 2, step, rank])
         for batch in batches:
             n = int(batch["input_ids"].shape[1])
-            usable = [r for r in self.ratios if n <= self.longest.get(r, n)] or self.ratios[-1:]
+            usable = [r for r in self.ratios if n <= self.longest.get(r, n)] or [max(self.ratios)]
             batch["ratio"] = int(rng.choice(usable))
         return batches
 

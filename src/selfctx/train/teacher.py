@@ -88,11 +88,20 @@ class Teacher:
                 handle.write(save(tensors))
         return ids, logprobs
 
-    def targets(self, input_ids: torch.Tensor, mask: torch.Tensor) -> TeacherTargets | None:
-        """Teacher targets for a batch (B, N) at `mask` (B, N); None when any row has no teacher."""
-        rows = [self.topk(row) for row in input_ids]
-        if any(r is None for r in rows):
-            return None
-        ids = torch.stack([r[0] for r in rows if r is not None]).to(input_ids.device)
-        logprobs = torch.stack([r[1] for r in rows if r is not None]).to(input_ids.device)
+    def targets(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> TeacherTargets | None:
+        """Teacher targets for a right-padded batch (B, N) at `mask` (B, N); None when any row has no teacher.
+
+        Each row is read (and cached) at its own length (`lengths`, default N), so its padding never enters
+        the teacher or the cache key; padded positions get filler outputs that `mask` must exclude."""
+        batch, width = input_ids.shape
+        ids = torch.zeros(batch, width, self.top_k, dtype=torch.long, device=input_ids.device)
+        logprobs = torch.full((batch, width, self.top_k), -30.0, device=input_ids.device)
+        for b in range(batch):
+            n = int(lengths[b]) if lengths is not None else width
+            row = self.topk(input_ids[b, :n])
+            if row is None:
+                return None
+            ids[b, :n], logprobs[b, :n] = row[0].to(ids.device), row[1].to(logprobs.device)
         return TeacherTargets(ids=ids, logprobs=logprobs, mask=mask)
