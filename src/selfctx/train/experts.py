@@ -7,9 +7,11 @@ single-compressor baseline (`experts.kind: mha_clone`) trains once, over a seede
 OUTPUT/clone/. The finished battery is written to OUTPUT/experts/ (what `CompressedLM.from_pretrained(base,
 experts=...)`, `selfctx generate/eval/serve --experts` load).
 
-Loss: next-token cross-entropy on labelled ordinary tokens (answers for chat/synth samples, every token for
-plain text) given the memory of the earlier windows and the raw current window; gradients flow through the
-memory across windows into the expert only; the base model stays frozen.
+Loss (`objective`): the KL divergence from the frozen model reading the raw sample with full attention (the
+teacher) on every token that reads compressed memory, and/or next-token cross-entropy on labelled ordinary
+tokens (answers for chat/synth samples, every token for plain text), each given the memory of the earlier
+windows and the raw current window; gradients flow through the memory across windows into the expert only;
+the base model stays frozen.
 """
 
 from __future__ import annotations
