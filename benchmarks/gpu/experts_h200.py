@@ -37,17 +37,15 @@ def prepare(synth: Path, pool: Path, haystack: Path, stage: Path = STAGE) -> Non
 
 
 def train(args: argparse.Namespace) -> Path:
+    from dataclasses import replace
+
     from selfctx.commands.train import preset_defaults
     from selfctx.config import load_config
-    from selfctx.train.experts import ExpertsConfig, run_experts
+    from selfctx.train.experts import ExpertsConfig, recipe_sources, run_experts
 
-    data = Path(args.data)
     overrides = [
         f"model.name={args.model}",
         f"experts.ratios={args.ratios}",
-        f"data.sources=[{{kind: recall, path: {data / 'pool'}, weight: 0.5}}, "
-        f"{{kind: synth, path: {data / 'synth'}, weight: 0.3}}, "
-        f"{{kind: text, path: {data / 'pool'}, weight: 0.2}}]",
         f"loop.output_dir={args.work / 'train'}",
         f"loop.max_steps={args.steps}",
         f"loop.micro_batch_size={args.micro_batch}",
@@ -59,6 +57,9 @@ def train(args: argparse.Namespace) -> Path:
     ]
     cfg = load_config(
         ExpertsConfig, None, overrides, defaults=preset_defaults(ExpertsConfig, "experts", "smollm2-cpu")
+    )
+    cfg = replace(
+        cfg, data=replace(cfg.data, sources=recipe_sources(args.data / "synth", args.data / "pool"))
     )
     result = run_experts(cfg)
     assert result.experts_dir is not None

@@ -134,25 +134,25 @@ def evaluate(lm: Any, ratio: int, items: list[ProbeItem]) -> dict[str, dict[str,
     """Mean answer NLL per token (with its standard error) and exact rate for right/wrong/none/full."""
     import torch
 
-    from selfctx.compress.engine import empty_memory, sink_memory
+    from selfctx.compress.engine import LayerMemory, empty_memory
 
     adapter = lm.battery.adapter_for(ratio)
     compressed = []
+    empty = empty_memory(lm.parts, 1, lm.parts.embed_tokens.weight)
     with torch.no_grad():
         for item in items:
             ids = torch.tensor([item.context], device=lm.device)
             layers, tail = lm.compress_ids(ids, ratio)
-            sink_layers = sink_memory(lm.parts, ids[:, : lm.sink])[0] if lm.sink else None
+            # the raw sink is the head of every compressed memory: "no memory" keeps just that
+            sink_layers = [LayerMemory(m.keys[:, :, : lm.sink], m.values[:, :, : lm.sink]) for m in layers]
             compressed.append((layers, tail[0].tolist(), sink_layers))
         results: dict[str, list[tuple[float, bool]]] = {k: [] for k in ("right", "wrong", "none", "full")}
         for i, item in enumerate(items):
             layers, tail, sink_layers = compressed[i]
             other = compressed[(i + 1) % len(items)][0]
-            nothing = sink_layers or empty_memory(lm.parts, 1, lm.parts.embed_tokens.weight)
             results["right"].append(_answer_nll(lm, layers, tail, item.answer, adapter))
             results["wrong"].append(_answer_nll(lm, other, tail, item.answer, adapter))
-            results["none"].append(_answer_nll(lm, nothing, tail, item.answer, adapter))
-            empty = empty_memory(lm.parts, 1, lm.parts.embed_tokens.weight)
+            results["none"].append(_answer_nll(lm, sink_layers, tail, item.answer, adapter))
             results["full"].append(_answer_nll(lm, empty, list(item.context), item.answer, None))
     summary = {}
     for name, rows in results.items():
@@ -168,10 +168,9 @@ def evaluate(lm: Any, ratio: int, items: list[ProbeItem]) -> dict[str, dict[str,
 
 
 def _filler_texts(path: Path) -> list[str]:
-    from selfctx.train.config import DataSource
-    from selfctx.train.data import _source_files, _texts
+    from selfctx.train.data import text_documents
 
-    texts = _texts(_source_files(DataSource(kind="text", path=str(path))))
+    texts = text_documents(path)
     random.Random(0).shuffle(texts)
     return texts
 

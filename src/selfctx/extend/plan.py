@@ -20,8 +20,7 @@ from selfctx.eval.needle import VARIANTS
 from selfctx.eval.synthetic import CHECKS
 from selfctx.synth.lengths import parse_length
 from selfctx.synth.pipeline import SynthConfig
-from selfctx.train.config import DataSource
-from selfctx.train.experts import TINY, ExpertsConfig
+from selfctx.train.experts import TINY, ExpertsConfig, recipe_sources
 
 STAGES = ("synth", "train", "eval", "report")
 BUDGETS = ("smoke", "cpu-hours", "gpu-hour", "paper")
@@ -319,14 +318,7 @@ def make_plan(cfg: ExtendConfig, out: Path, *, native_of_model: int | None = Non
         sink=e.sink,
     )
     synth = replace(cfg.synth, model=cfg.model)
-    pool = str(out / "synth" / "pool")
-    # the smollm2-cpu recipe's mix over this run's own data: facts hidden among its passages, its task
-    # samples, its passages as plain text
-    sources = [
-        DataSource(kind="recall", path=pool, weight=0.5),
-        DataSource(kind="synth", path=str(out / "synth"), weight=0.3),
-        DataSource(kind="text", path=pool, weight=0.2),
-    ]
+    sources = recipe_sources(out / "synth", out / "synth" / "pool")
     experts = replace(
         cfg.experts,
         model=replace(cfg.experts.model, name=cfg.model),

@@ -139,6 +139,11 @@ def pack_text(token_stream: Sequence[int], length: int, min_tokens: int, source:
     return out
 
 
+def text_documents(path: str | Path) -> list[str]:
+    """The documents of a text source (a .txt/.jsonl file or a folder of them, e.g. a passage pool)."""
+    return _texts(_source_files(DataSource(kind="text", path=str(path))))
+
+
 def _texts(files: Sequence[Path]) -> list[str]:
     """The documents of text files: a .txt file is one, each `text` row of a .jsonl file is one."""
     docs: list[str] = []
@@ -156,7 +161,7 @@ def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: Dat
         from selfctx.train.recall import DEFAULT_SAMPLES, recall_examples
 
         n = cfg.max_samples_per_source or DEFAULT_SAMPLES
-        passages = _texts(_source_files(source)) if source.path else None
+        passages = text_documents(source.path) if source.path else None
         examples = recall_examples(tokenizer, n, cfg.min_tokens, cfg.max_tokens, seed=0, passages=passages)
         if not examples:
             raise SelfctxError(

@@ -32,7 +32,7 @@ from selfctx.config import to_dict
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic
 from selfctx.train import checkpoint as ckpt
-from selfctx.train.config import DataConfig, LoopConfig, ModelSettings
+from selfctx.train.config import DataConfig, DataSource, LoopConfig, ModelSettings
 from selfctx.train.data import IGNORE_INDEX, MixBatches, build_mix
 from selfctx.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from selfctx.train.loop import Trainer, TrainResult
@@ -156,14 +156,10 @@ class CompressionObjective:
         if self.settings.normalise == "sample":
             return int(batch["input_ids"].shape[0])
         lm_w, kl_w = self._weights()
-        if kl_w and not self._teacher_reads(batch):  # the same fallback __call__ takes: next-token loss only
+        if kl_w and not self.teacher.reads(int(batch["input_ids"].shape[1])):  # __call__'s fallback too
             lm_w, kl_w = max(lm_w, 1.0), 0.0
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if lm_w else 0
         return n + (int(self._kl_mask(batch).sum()) if kl_w else 0)
-
-    def _teacher_reads(self, batch: dict[str, Any]) -> bool:
-        limit = getattr(self.teacher, "max_positions", 0)
-        return not limit or int(batch["input_ids"].shape[1]) <= limit
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         ratio = int(batch.get("ratio", self.ratio or 0))
@@ -236,6 +232,16 @@ class ExpertsResult:
     runs: dict[str, TrainResult]  # by run folder name (r4, r8, ... or clone)
     compressed: nn.Module  # the CompressedLM as trained in this process
     experts_dir: Path | None  # None when the run stopped early
+
+
+def recipe_sources(synth: str | Path, pool: str | Path) -> list[DataSource]:
+    """The smollm2-cpu recipe's data mix over one run's own data (the preset's YAML spells out the same):
+    facts hidden among the model's passages, its synthetic task samples, its passages as plain text."""
+    return [
+        DataSource(kind="recall", path=str(pool), weight=0.5),
+        DataSource(kind="synth", path=str(synth), weight=0.3),
+        DataSource(kind="text", path=str(pool), weight=0.2),
+    ]
 
 
 def load_base(

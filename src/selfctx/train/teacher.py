@@ -62,9 +62,13 @@ class Teacher:
         assert self.cache_dir is not None
         return self.cache_dir / key[:2] / f"{key}.safetensors"
 
+    def reads(self, n_tokens: int) -> bool:
+        """Whether the teacher can read a sample of `n_tokens` tokens (its model's positions)."""
+        return not self.max_positions or n_tokens <= self.max_positions
+
     def topk(self, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(N, k) ids and log-probabilities for one sample's ids (N,), or None past the model's positions."""
-        if self.max_positions and row.numel() > self.max_positions:
+        if not self.reads(row.numel()):
             if not self._warned:
                 log.warning(
                     "a %d-token sample is longer than the teacher's %d positions: it trains without "
