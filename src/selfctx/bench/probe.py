@@ -1,8 +1,9 @@
 """`selfctx bench probe`: can an expert learn, in minutes, to carry a fact through its memory?
 
-Each item is [sink][window 1: chat header, filler, "The passkey is N.", filler][raw tail: filler, the
-question][answer N]: the passkey is only in the compressed window, so the answer can come from nowhere but the
-memory. One expert is trained for a few minutes per seed (the real training loop and objective), then the
+Each item is [sink][window 1: chat header, filler, "The passkey is N.", filler][gap: `gap` windows of
+filler][raw tail: filler, the question][answer N]: the passkey is only in a compressed window, so the answer
+can come from nowhere but the memory; `gap` sets how far back it lies. One expert is trained for a few minutes
+per seed (the real training loop and objective) — or a trained battery is loaded (`--battery`) — then the
 answer's negative log-likelihood per token is measured on held-out items four ways:
 
 - right: the item's own memory (what the expert should make informative);
@@ -43,19 +44,27 @@ class ProbeTask:
     """Token-level construction of probe items, so the passkey provably sits in the first full window."""
 
     def __init__(
-        self, tokenizer: Any, filler_texts: list[str], window: int, sink: int, digits: int = 5
+        self,
+        tokenizer: Any,
+        filler_texts: list[str],
+        window: int,
+        sink: int,
+        digits: int = 5,
+        gap: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.window = window
         self.sink = sink
         self.digits = digits
+        self.gap = gap
         stream: list[int] = []
         for text in filler_texts:
             stream.extend(self._ids(text + "\n\n"))
             if len(stream) > 200_000:
                 break
-        if len(stream) < 4 * window:
-            raise SelfctxError(f"the filler holds {len(stream)} tokens, need >= {4 * window}: give more text")
+        need = (4 + gap) * window
+        if len(stream) < need:
+            raise SelfctxError(f"the filler holds {len(stream)} tokens, need >= {need}: give more text")
         self.stream = stream
         head, rest = str(
             tokenizer.apply_chat_template(
@@ -85,6 +94,7 @@ class ProbeTask:
         room = self.sink + self.window - len(self.head) - len(fact)  # filler tokens in window 1
         before = rng.randint(0, room)
         first = self.head + self._filler(rng, before) + fact + self._filler(rng, room - before)
+        first += self._filler(rng, self.gap * self.window)
         tail = self._filler(rng, rng.randint(self.tail_room // 2, self.tail_room))
         return ProbeItem(tuple(first + tail + self.question_end), tuple(self._ids(key)))
 
@@ -180,12 +190,17 @@ def command(
         Path, typer.Option(help="Filler text: a `selfctx synth` pool folder, .txt/.jsonl files or a folder.")
     ],
     model: Annotated[str, typer.Option(help="Model spec.")] = "smollm2-135m",
+    battery: Annotated[
+        Path | None,
+        typer.Option(help="Evaluate this trained battery instead of training (its window and sink)."),
+    ] = None,
     ratio: Annotated[int, typer.Option(help="The expert's compression ratio.")] = 4,
     window: Annotated[int, typer.Option(help="Compression window W (the passkey sits in the first).")] = 64,
+    gap: Annotated[int, typer.Option(help="Filler windows between the passkey and the raw tail.")] = 0,
     sink: Annotated[int, typer.Option(help="Raw sink tokens kept at position 0.")] = 1,
     memory_input: Annotated[str, typer.Option(help="shared | span_last")] = "span_last",
     objective: Annotated[str, typer.Option(help="lm | distill | mix")] = "mix",
-    steps: Annotated[int, typer.Option(help="Optimizer steps per seed.")] = 150,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per seed (0: the untrained expert).")] = 150,
     batch: Annotated[int, typer.Option(help="Items per optimizer step.")] = 4,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
@@ -194,14 +209,20 @@ def command(
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
     out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here.")] = None,
 ) -> None:
-    """Train an expert for a few minutes per seed; answer NLL with the right, a wrong, no memory, full."""
+    """Train an expert for a few minutes per seed (or load one); answer NLL with the right, a wrong, no
+    memory, full attention."""
     if memory_input not in ("shared", "span_last"):
         raise SelfctxError(f"--memory-input must be shared or span_last, got {memory_input!r}")
     if objective not in ("lm", "distill", "mix"):
         raise SelfctxError(f"--objective must be lm, distill or mix, got {objective!r}")
+    if gap < 0 or steps < 0:
+        raise SelfctxError(f"--gap and --steps must be >= 0, got {gap} and {steps}")
+    if battery is not None:
+        trained = _battery_settings(battery, ratio)
+        window, sink = trained["window"], trained["sink"]
     if window % ratio:
         raise SelfctxError(f"--window {window} is not divisible by --ratio {ratio}")
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()] if battery is None else [0]
     if not filler.exists():
         raise SelfctxError(f"--filler {filler} does not exist: pass a passage pool or a text folder")
     texts = _filler_texts(filler)
@@ -211,76 +232,106 @@ def command(
     from selfctx.compress.battery import ExpertBattery
     from selfctx.compress.model import CompressedLM
     from selfctx.models import load_causal_lm
-    from selfctx.train.config import LoopConfig, OptimConfig
-    from selfctx.train.experts import CompressionObjective, ExpertModule, ObjectiveSettings
-    from selfctx.train.loop import Trainer
-    from selfctx.train.teacher import Teacher
 
     base, tokenizer = load_causal_lm(model, dtype=dtype)
-    task = ProbeTask(tokenizer, texts, window, sink)
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    settings = ObjectiveSettings(kind=objective, normalise="sample")  # type: ignore[arg-type]
-    teacher = Teacher(base, model, settings.top_k) if objective != "lm" else None
+    task = ProbeTask(tokenizer, texts, window, sink, gap=gap)
     eval_rng = random.Random("probe-eval")
     held_out = [task.item(eval_rng) for _ in range(items)]
     rows = []
     for seed in seed_list:
         torch.manual_seed(seed)
-        battery = ExpertBattery.create(
-            base,
-            (ratio,),
-            rank=rank,
-            base_model=model,
-            memory_input=memory_input,  # type: ignore[arg-type]
-        )
-        battery.to(device=base.device, dtype=base.dtype)
-        lm = CompressedLM(base, tokenizer, battery, window=window, native_context=1024, sink=sink)
-        module = ExpertModule(lm)
-        module.select(ratio)
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            loop = LoopConfig(
-                output_dir=tmp,
-                max_steps=steps,
-                micro_batch_size=batch,
-                seed=seed,
-                save_every=steps,
-                keep_checkpoints=1,
-                optim=OptimConfig(lr=lr, warmup_steps=max(1, steps // 20), scheduler="cosine"),
+        if battery is not None:
+            lm = CompressedLM.from_pretrained(base, battery, tokenizer=tokenizer)
+            seconds = 0.0
+            final_loss = None
+        else:
+            experts = ExpertBattery.create(
+                base,
+                (ratio,),
+                rank=rank,
+                base_model=model,
+                memory_input=memory_input,  # type: ignore[arg-type]
             )
-            obj = CompressionObjective(ratio, False, settings, teacher, (sink, window))
-            trainer = Trainer(loop, module, obj, _ProbeBatches(task, batch, seed, pad_id))
-            losses = trainer.train().losses
-        seconds = time.perf_counter() - started
+            experts.to(device=base.device, dtype=base.dtype)
+            lm = CompressedLM(base, tokenizer, experts, window=window, native_context=1024, sink=sink)
+            started = time.perf_counter()
+            losses = _train(lm, task, model, ratio, objective, steps, batch, lr, seed) if steps else []
+            seconds = time.perf_counter() - started
+            final_loss = losses[-1] if losses else None
         lm.eval()
         summary = evaluate(lm, ratio, held_out)
-        rows.append({"seed": seed, "train_seconds": round(seconds, 1), "final_loss": losses[-1], **summary})
-        battery.requires_grad_(False)
+        rows.append({"seed": seed, "train_seconds": round(seconds, 1), "final_loss": final_loss, **summary})
+        lm.battery.requires_grad_(False)
         r, w = summary["right"], summary["wrong"]
         typer.echo(
             f"seed {seed}: NLL/token right {r['nll']:.2f}±{r['nll_stderr']:.2f} wrong {w['nll']:.2f} "
             f"none {summary['none']['nll']:.2f} full {summary['full']['nll']:.2f} | exact right "
             f"{r['exact']:.2f} wrong {w['exact']:.2f} full {summary['full']['exact']:.2f} ({seconds:.0f} s)"
         )
-    result = {
-        "settings": {
-            "model": model,
-            "ratio": ratio,
-            "window": window,
-            "sink": sink,
-            "memory_input": memory_input,
-            "objective": objective,
-            "steps": steps,
-            "batch": batch,
-            "lr": lr,
-            "rank": rank,
-            "items": items,
-            "dtype": dtype,
-        },  # fmt: skip
-        "seeds": rows,
-    }
+    settings: dict[str, Any] = {"model": model, "ratio": ratio, "window": window, "gap": gap, "sink": sink}
+    if battery is not None:
+        settings["battery"] = str(battery)
+    else:
+        settings.update(
+            memory_input=memory_input, objective=objective, steps=steps, batch=batch, lr=lr, rank=rank
+        )
+    settings.update(items=items, dtype=dtype)
+    result = {"settings": settings, "seeds": rows}
     if out is not None:
         from selfctx.fsutil import write_json_atomic
 
         write_json_atomic(out, result)
     typer.echo(json.dumps(result["settings"]))
+
+
+def _battery_settings(folder: Path, ratio: int) -> dict[str, int]:
+    """Window and sink a battery folder was trained with; a clear error before any model loads."""
+    meta_path = folder / "battery.json"
+    if not meta_path.is_file():
+        raise SelfctxError(f"--battery {folder} has no battery.json: pass a folder written by selfctx train")
+    meta = json.loads(meta_path.read_text())
+    if ratio not in meta.get("ratios", []):
+        have = meta.get("ratios")
+        raise SelfctxError(f"--battery {folder} has no x{ratio} expert (it has {have}): pick one of those")
+    mechanism = meta.get("mechanism") or {}
+    if "window" not in mechanism:
+        raise SelfctxError(f"--battery {folder} does not record its window: retrain or snapshot it again")
+    return {"window": int(mechanism["window"]), "sink": int(mechanism.get("sink") or 0)}
+
+
+def _train(
+    lm: Any,
+    task: ProbeTask,
+    model: str,
+    ratio: int,
+    objective: str,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+) -> list[float]:
+    """A few minutes of the real training loop and objective on fresh probe items; the losses per step."""
+    from selfctx.train.config import LoopConfig, OptimConfig
+    from selfctx.train.experts import CompressionObjective, ExpertModule, ObjectiveSettings
+    from selfctx.train.loop import Trainer
+    from selfctx.train.teacher import Teacher
+
+    tokenizer = lm.tokenizer
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    settings = ObjectiveSettings(kind=objective, normalise="sample")  # type: ignore[arg-type]
+    teacher = Teacher(lm.model, model, settings.top_k) if objective != "lm" else None
+    module = ExpertModule(lm)
+    module.select(ratio)
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = LoopConfig(
+            output_dir=tmp,
+            max_steps=steps,
+            micro_batch_size=batch,
+            seed=seed,
+            save_every=steps,
+            keep_checkpoints=1,
+            optim=OptimConfig(lr=lr, warmup_steps=max(1, steps // 20), scheduler="cosine"),
+        )
+        obj = CompressionObjective(ratio, False, settings, teacher, (lm.sink, lm.window))
+        trainer = Trainer(loop, module, obj, _ProbeBatches(task, batch, seed, pad_id))
+        return list(trainer.train().losses)
