@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfctx.compress import CompressedLM
+from selfctx.fsutil import current_umask
 from selfctx.serve.context import ChatMessage, split_chat, split_text
 from selfctx.serve.decode import DecodeRow, decode_rows
 from selfctx.serve.memory_store import MemoryStore, memory_footprint
@@ -90,3 +91,5 @@ def test_store_evicts_least_recent_by_bytes_and_persists(lm: CompressedLM, tmp_p
     assert found[0].tail_ids.tolist() == memories[0].tail_ids.tolist()
     assert other.get("k") is not None and other.stats.hits_ram == 1
     assert [p.name for p in tmp_path.iterdir()] == ["k"]  # no staging folders left behind
+    # others may read what the store keeps, as with any folder the process creates (mkdtemp's 0700 is gone)
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o777 & ~current_umask()

@@ -23,6 +23,7 @@ import torch
 
 from selfctx.compress import Memory
 from selfctx.errors import SelfctxError
+from selfctx.fsutil import honour_umask
 
 Source = Literal["ram", "disk"]
 
@@ -125,6 +126,7 @@ class MemoryStore:
             return
         staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=self.folder))
         try:
+            honour_umask(staging, directory=True)  # mkdtemp's 0700 would survive the rename
             memory.save(staging)
             os.replace(staging, final)  # atomic: readers see no folder or a complete one
         except OSError:
