@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -70,24 +71,38 @@ def _finetune_method(folder: str) -> Any:
     return HFMethod(tuned, tokenizer, name="finetune-yarn", limit=None)
 
 
+def _bind(folder: Path, method: Any, settings: dict[str, Any]) -> None:
+    """The folder's run.json: what the report reads, and the settings a resume must match."""
+    from selfctx.eval.methods import describe
+    from selfctx.eval.run_folder import bind_run
+
+    bind_run(folder, {**describe(method), **settings})
+
+
 def _run_synthetic(args: argparse.Namespace, method: Any) -> Path:
     """The held-out synthetic checks (selfctx.eval.synthetic) for one method, in OUT/synthetic/<name>."""
-    from selfctx.commands.eval import _write_run
     from selfctx.eval.synthetic import CHECKS, run_synthetic_checks
 
     folder = args.out / "synthetic" / method.name
+    grid = {
+        "lengths": [int(v) for v in (args.synthetic_lengths or args.lengths).split(",")],
+        "depths": [float(v) for v in args.synthetic_depths.split(",")],
+        "checks": [c for c in args.synthetic_checks.split(",") if c] or list(CHECKS),
+        "samples": args.synthetic_samples,
+        "exclude_from": [str(p) for p in args.exclude_from or ()],
+    }
+    _bind(folder, method, {"benchmark": "synthetic", "pool": str(args.synthetic), "grid": grid})
     started = time.perf_counter()
     summary = run_synthetic_checks(
         method,
         pool=args.synthetic,
         out=folder,
-        lengths=[int(v) for v in (args.synthetic_lengths or args.lengths).split(",")],
-        depths=[float(v) for v in args.synthetic_depths.split(",")],
-        checks=[c for c in args.synthetic_checks.split(",") if c] or CHECKS,
+        lengths=grid["lengths"],
+        depths=grid["depths"],
+        checks=grid["checks"],
         samples=args.synthetic_samples,
         exclude_from=args.exclude_from,
     )
-    _write_run(folder, method, {"task": "synthetic", "pool": args.synthetic})
     checks = ", ".join(f"{c} {f['mean_score']:.2f}" for c, f in summary["by_check"].items())
     print(
         f"{method.name}: synthetic mean {summary['mean_score']:.3f} ({checks}; "
@@ -131,7 +146,6 @@ def main() -> None:
     if not args.haystack and not args.synthetic:
         parser.error("nothing to run: pass --haystack (needle grid) and/or --synthetic POOL")
 
-    from selfctx.commands.eval import _write_run
     from selfctx.eval.needle import NeedleGrid, load_haystack, run_needle
     from selfctx.eval.report import build_report
     from selfctx.models import load_causal_lm
@@ -154,9 +168,10 @@ def main() -> None:
         if args.haystack:
             folder = args.out / "needle" / method.name
             folders.append(folder)
+            settings = {"benchmark": "needle", "haystack": str(args.haystack), "grid": asdict(grid)}
+            _bind(folder, method, settings)
             started = time.perf_counter()
             summary = run_needle(method, text, grid, folder)
-            _write_run(folder, method, {"task": "needle", "grid": list(grid.lengths)})
             print(
                 f"{method.name}: needle mean {summary['mean_score']:.3f} "
                 f"({time.perf_counter() - started:.0f} s)"

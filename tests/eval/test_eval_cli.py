@@ -129,3 +129,53 @@ def test_compressed_method_defaults_to_the_window_the_experts_were_trained_with(
     lm = method.compressed  # type: ignore[attr-defined]
     assert (lm.window, lm.native_context, lm.sink) == (32, 128, 1)
     assert method.name == "experts-w32-r4"
+
+
+def test_a_result_folder_resumes_only_with_its_settings_and_prints_what_result_json_holds(
+    tmp_path: Path, tiny_lm
+) -> None:
+    model_dir = _tiny_model_folder(tmp_path, tiny_lm)
+    data = tmp_path / "data"
+    write_longbench(data, "passage_count", [{"context": "Paragraph 1: a. Paragraph 2: b.", "answers": ["2"]}])
+    write_longbench(
+        data,
+        "trec",
+        [
+            {
+                "context": "Q: where? Type: City",
+                "input": "where?",
+                "answers": ["City"],
+                "all_classes": ["City", "Country"],
+            }
+        ],
+    )
+    out = tmp_path / "lb"
+    common = [
+        "eval",
+        "longbench",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+    ]
+    assert runner.invoke(app, [*common, "--datasets", "passage_count"]).exit_code == 0
+    # another dataset under the same settings joins the folder; the table then covers both, like result.json
+    result = runner.invoke(app, [*common, "--datasets", "trec"])
+    assert result.exit_code == 0, result.output
+    folder = out / "truncate-1024"
+    held = json.loads((folder / "result.json").read_text())
+    assert set(held) == {"passage_count", "trec"}
+    table = (folder / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in held)
+    before = (folder / "run.json").read_text()
+    # another max length into the same folder: refused in one line, nothing rewritten
+    result = runner.invoke(app, [*common, "--datasets", "trec", "--max-length", "500"])
+    assert result.exit_code != 0
+    assert "max_length=15500, this one has max_length=500" in str(result.exception)
+    assert (folder / "run.json").read_text() == before

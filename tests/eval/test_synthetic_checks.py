@@ -212,22 +212,23 @@ def test_resume_skips_done_cells_and_refuses_other_settings(tmp_path: Path, tiny
 
 
 def test_tiny_model_end_to_end_and_report_merges_columns(tmp_path: Path, tiny_lm) -> None:
-    from selfctx.commands.eval import _write_run
+    from selfctx.eval.methods import describe
     from selfctx.eval.needle import NeedleGrid, run_needle
+    from selfctx.eval.run_folder import bind_run
 
     model, tokenizer = tiny_lm
     method = HFMethod(model, tokenizer, name="full", limit=None)
     syn = tmp_path / "synthetic" / "full"
+    bind_run(syn, {**describe(method), "benchmark": "synthetic"})
     summary = sy.run_synthetic_checks(
         method, pool=_pool(), out=syn, lengths=[1200], depths=[0.5], checks=["kv-retrieval"], max_new_tokens=3
     )
-    _write_run(syn, method, {"benchmark": "synthetic"})
     row = json.loads((syn / sy.ROWS_FILE).read_text())
     assert row["memory_bytes"] == row["input_tokens"] * 2 * 2 * 2 * 16 * 4  # KV grows with the input
     assert 0.0 <= summary["mean_score"] <= 1.0
     needle = tmp_path / "needle" / "full"
+    bind_run(needle, {**describe(method), "benchmark": "needle"})
     run_needle(method, " ".join(f"Line {i} is here." for i in range(200)), NeedleGrid((600,), (0.5,)), needle)
-    _write_run(needle, method, {"benchmark": "needle"})
     report = build_report([needle, syn, tmp_path / "synthetic" / "full"], tmp_path / "report")
     assert [r["method"] for r in report["runs"]] == ["full", "full"]  # the same part twice: its own column
     report = build_report([needle, syn], tmp_path / "report")

@@ -4,6 +4,7 @@ method-comparison report."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -71,11 +72,21 @@ def _load_methods(
     return built
 
 
-def _write_run(folder: Path, method, extra: dict) -> None:
+def _bind_run(folder: Path, method, extra: dict) -> None:
+    """Bind the method's folder to everything that changes its outputs, before anything is predicted."""
     from selfctx.eval.methods import describe
-    from selfctx.fsutil import write_json_atomic
+    from selfctx.eval.run_folder import bind_run
 
-    write_json_atomic(folder / "run.json", {**describe(method), **extra})
+    bind_run(folder, {**describe(method), **extra})
+
+
+def _source_settings(model: str, experts: str | None, dtype: str, backend: str) -> dict:
+    return {
+        "model_spec": model,
+        "experts": str(Path(experts).resolve()) if experts else None,
+        "dtype": dtype,
+        "backend": backend,
+    }
 
 
 @app.command("longbench")
@@ -127,11 +138,11 @@ def longbench(
         backend=backend,
     ):
         folder = out / m.name
+        # datasets may be added (a prediction file each); what shapes a prediction may not change
+        settings = {"benchmark": "longbench", "limit": limit, "max_length": max_length}
+        _bind_run(folder, m, {**settings, **_source_settings(model, experts, dtype, backend)})
         report = run_longbench(
             m, names, folder, data_dir=data_dir, limit=limit, max_length=max_length, batch_size=batch_size
-        )
-        _write_run(
-            folder, m, {"benchmark": "longbench", "datasets": names, "limit": limit, "max_length": max_length}
         )
         typer.echo((folder / "results.md").read_text())
         typer.echo(json.dumps(report["summary"]))
@@ -203,8 +214,9 @@ def needle(
         backend=backend,
     ):
         folder = out / m.name
+        settings = {"benchmark": "needle", "haystack": str(haystack.resolve()), "grid": asdict(grid)}
+        _bind_run(folder, m, {**settings, **_source_settings(model, experts, dtype, backend)})
         summary = run_needle(m, text, grid, folder)
-        _write_run(folder, m, {"benchmark": "needle", "haystack": str(haystack)})
         typer.echo(
             json.dumps({k: summary[k] for k in ("method", "variant", "mean_score", "score_by_length_depth")})
         )
@@ -264,13 +276,27 @@ def synthetic(
         backend=backend,
     ):
         folder = out / m.name
+        check_names = _csv(checks) or list(CHECKS)
+        grid = {
+            "lengths": grid_lengths,
+            "depths": grid_depths,
+            "checks": check_names,
+            "samples": samples,
+            "seed": seed,
+            "exclude_from": [str(p.resolve()) for p in exclude_from or ()],
+            "hops": hops,
+            "records": records,
+            "max_new_tokens": max_new_tokens,
+        }
+        settings = {"benchmark": "synthetic", "pool": str(pool.resolve()), "grid": grid}
+        _bind_run(folder, m, {**settings, **_source_settings(model, experts, dtype, backend)})
         summary = run_synthetic_checks(
             m,
             pool=passages,
             out=folder,
             lengths=grid_lengths,
             depths=grid_depths,
-            checks=_csv(checks) or CHECKS,
+            checks=check_names,
             samples=samples,
             seed=seed,
             exclude_from=exclude_from or (),
@@ -278,7 +304,6 @@ def synthetic(
             records=records,
             max_new_tokens=max_new_tokens,
         )
-        _write_run(folder, m, {"benchmark": "synthetic", "pool": str(pool)})
         typer.echo(
             json.dumps(
                 {

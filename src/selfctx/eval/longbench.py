@@ -292,14 +292,16 @@ def run_longbench(
     max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 1,
 ) -> dict[str, Any]:
-    """Predict, then score the folder like the official eval.py; returns {"result", "summary"}."""
+    """Predict, then score the folder like the official eval.py; returns {"result", "summary"} over every
+    dataset in the folder (what result.json holds)."""
     names = check_datasets(list(datasets))
     folder = Path(out_dir)
     for dataset in names:
         rows = load_rows(dataset, data_dir=data_dir, limit=limit)
         predict_dataset(method, dataset, rows, folder, max_length=max_length, batch_size=batch_size)
     scored = score_pred_dir(folder)
-    result = {d: scored["result"][d] for d in names if d in scored["result"]}
+    # the table is exactly result.json: every dataset the folder holds (earlier runs may have added some)
+    result = scored["result"]
     summary = aggregate(result)
     write_text_atomic(
         folder / "results.md", results_markdown(result, summary, title=f"LongBench: {method.name}")

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from selfctx.errors import SelfctxError
 from selfctx.extend.plan import Plan
 from selfctx.extend.runner import Stage
-from selfctx.fsutil import write_json_atomic
 
 EXPERTS = "experts"
 
@@ -120,6 +120,7 @@ def eval_stage(plan: Plan, folder: Path, out: Path) -> dict[str, Any]:
     from selfctx.eval.methods import CompressedMethod, Method, describe
     from selfctx.eval.needle import NeedleGrid, load_haystack, run_needle
     from selfctx.eval.report import build_report
+    from selfctx.eval.run_folder import bind_run
 
     ev = plan.config.eval
     model, tokenizer = load_base_for_eval(plan)
@@ -140,11 +141,10 @@ def eval_stage(plan: Plan, folder: Path, out: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for method in methods:
         run_dir = folder / "needle" / method.name
+        haystack_path = str((out / "synth" / "pool").resolve())
+        settings = {"benchmark": "needle", "haystack": haystack_path, "grid": asdict(grid)}
+        bind_run(run_dir, {**describe(method), **settings})
         summary = run_needle(method, haystack, grid, run_dir)
-        write_json_atomic(
-            run_dir / "run.json",
-            {**describe(method), "benchmark": "needle", "haystack": str(out / "synth" / "pool")},
-        )
         folders.append(run_dir)
         results[method.name] = {
             "mean_score": summary["mean_score"],
@@ -178,6 +178,7 @@ def _held_out_synthetic(plan: Plan, methods: list[Any], folder: Path, out: Path)
     """The held-out synthetic checks for each method at the needle lengths (resumable, per method folder):
     facts about nouns that neither the synth stage's dataset nor its pool name, among the pool's passages."""
     from selfctx.eval.methods import describe
+    from selfctx.eval.run_folder import bind_run
     from selfctx.eval.synthetic import run_synthetic_checks
 
     ev = plan.config.eval
@@ -186,20 +187,27 @@ def _held_out_synthetic(plan: Plan, methods: list[Any], folder: Path, out: Path)
     results: dict[str, Any] = {}
     for method in methods:
         run_dir = folder / "synthetic" / method.name
+        lengths = list(ev.synthetic_lengths or plan.needle_lengths)
+        grid = {
+            "lengths": lengths,
+            "depths": list(ev.synthetic_depths),
+            "checks": list(ev.synthetic_checks),
+            "samples": ev.samples,
+            "exclude_from": [str((out / "synth").resolve())],
+            "max_new_tokens": ev.max_new_tokens,
+        }
+        pool = str((out / "synth" / "pool").resolve())
+        bind_run(run_dir, {**describe(method), "benchmark": "synthetic", "pool": pool, "grid": grid})
         summary = run_synthetic_checks(
             method,
             pool=out / "synth" / "pool",
             out=run_dir,
-            lengths=ev.synthetic_lengths or plan.needle_lengths,
+            lengths=lengths,
             depths=ev.synthetic_depths,
             checks=ev.synthetic_checks,
             samples=ev.samples,
             exclude_from=[out / "synth"],
             max_new_tokens=ev.max_new_tokens,
-        )
-        write_json_atomic(
-            run_dir / "run.json",
-            {**describe(method), "benchmark": "synthetic", "pool": str(out / "synth" / "pool")},
         )
         results[method.name] = {
             "mean_score": summary["mean_score"],
