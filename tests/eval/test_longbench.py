@@ -32,6 +32,10 @@ def test_official_config_covers_the_16_english_datasets() -> None:
     assert (
         lb.prompt_template("lcc") == "Please complete the code given below. \n{context}Next line of code:\n"
     )
+    # THUDM's main branch (what the published numbers used) spells narrativeqa's instruction without the
+    # space, twice; a "corrected" prompt changes the scores
+    narrativeqa = lb.prompt_template("narrativeqa")
+    assert narrativeqa.count("asconcisely") == 2 and "as concisely" not in narrativeqa
 
 
 def test_middle_truncate_keeps_both_ends(tiny_lm) -> None:

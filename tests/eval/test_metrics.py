@@ -69,12 +69,29 @@ def test_code_similarity_first_code_line() -> None:
     assert m.code_similarity("// todo\n# later", "x = 1") == 0.0
 
 
-def test_rouge_l_hand_worked() -> None:
-    # LCS 3 of 3 predicted / 6 reference tokens: P=1, R=1/2 -> F1 = 2/3
-    assert m.rouge_l("the cat sat", "the cat sat on the mat") == pytest.approx(2 / 3)
-    # rouge-score lowercases and splits at punctuation (the official `rouge` package would not)
-    assert m.rouge_l("The Cat, sat.", "the cat sat") == pytest.approx(1.0)
-    assert m.rouge_l("", "the cat") == 0.0
+def test_rouge_l_hand_worked_as_the_official_rouge_package_scores() -> None:
+    # hyp 3 distinct words, ref "the cat sat on the mat" 5 distinct words (the package counts distinct
+    # words), LCS 3: P = 1, R = 3/5, F = 2PR/(P+R+1e-8) = 0.75 (rouge-score would give 2/3: 6 ref tokens)
+    assert m.rouge_l("the cat sat", "the cat sat on the mat") == pytest.approx(0.75)
+    # case and punctuation are kept: only "sat" matches of "The", "Cat,", "sat" -> P = R = F = 1/3
+    # (rouge-score lowercases and splits at punctuation: 1.0)
+    assert m.rouge_l("The Cat, sat.", "the cat sat") == pytest.approx(1 / 3)
+    # sentences split at ".": the union LCS over the reference's two sentences
+    # hyp "b a . c" -> sentences ["b a", "c"]; ref "a b . c d" -> ["a b", "c d"]; LCS unions 1 + 1 = 2
+    # distinct words: hyp {b, a, c} = 3, ref {a, b, c, d} = 4 -> P = 2/3, R = 1/2, F = 4/7
+    assert m.rouge_l("b a . c", "a b . c d") == pytest.approx(4 / 7)
+    # the package raises on an empty hypothesis (also one of dots only): the official scorer gives 0
+    assert m.rouge_l("", "the cat") == 0.0 and m.rouge_l("...", "the cat") == 0.0
+
+
+def test_fuzz_ratio_is_fuzzywuzzys_difflib_path() -> None:
+    assert m.fuzz_ratio("", "") == 100 and m.fuzz_ratio("", "x") == 0
+    # difflib: 'return a+b' (10) vs 'return a + b' (12), 10 matching -> 2*10/22 = 90.9 -> 91
+    assert m.fuzz_ratio("return a+b", "return a + b") == 91
+    assert m.fuzz_ratio("ab", "ac") == 50 and m.fuzz_ratio("a", "ab") == 67  # 66.67 -> 67
+    # Python's round takes halves to even: 2*1/16 = 12.5 -> 12, 2*3/16 = 37.5 -> 38
+    assert m.fuzz_ratio("a", "abcdefghijklmno") == 12
+    assert m.fuzz_ratio("abc", "abcdefghijklm") == 38
 
 
 def test_first_line_postprocessing_only_where_official() -> None:

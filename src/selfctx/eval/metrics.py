@@ -12,7 +12,6 @@ import difflib
 import functools
 import re
 import string
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,26 +52,30 @@ def qa_f1(prediction: str, ground_truth: str, all_classes: Sequence[str] = ()) -
 
 
 @functools.lru_cache(maxsize=1)
-def _rouge_l_scorer() -> Any:
-    from rouge_score import rouge_scorer
+def _rouge() -> Any:
+    from rouge import Rouge
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return Rouge(metrics=["rouge-l"])
+
+
+def rouge_l_scores(prediction: str, ground_truth: str) -> dict[str, float]:
+    """ROUGE-L {"f", "p", "r"} exactly as the official scorer gets it: the `rouge` package (pltrdy, 1.0.1),
+    `Rouge().get_scores([pred], [ref], avg=True)["rouge-l"]`, all zero where it raises (an empty or
+    all-dot hypothesis, texts too long for its recursive LCS).
+
+    Its quirks are the official numbers' quirks: texts are split into sentences at ".", words at spaces,
+    case and punctuation are kept ("cat," != "cat"), lengths count distinct words, and the union-LCS is
+    summed over reference sentences; F = 2PR / (P + R + 1e-8)."""
+    try:
+        scores = _rouge().get_scores([prediction], [ground_truth], avg=True)["rouge-l"]
+    except Exception:  # the official `except: return 0.0`
+        return {"f": 0.0, "p": 0.0, "r": 0.0}
+    return {key: float(scores[key]) for key in ("f", "p", "r")}
 
 
 def rouge_l(prediction: str, ground_truth: str, all_classes: Sequence[str] = ()) -> float:
-    """ROUGE-L F1 through Google's `rouge-score` package (rougeL: LCS over the whole text).
-
-    The official scorer uses the `rouge` package (pltrdy) instead: `Rouge().get_scores(...)["rouge-l"]["f"]`,
-    which splits both texts into sentences at ".", computes a summary-level union-LCS and an F-measure with
-    beta = P/R, does not lowercase and keeps punctuation attached to words ("cat," != "cat"), and returns 0
-    when it raises (empty hypothesis). rouge-score lowercases, treats every non-alphanumeric character as a
-    separator, and uses the plain F1 of LCS precision/recall. Our figures can therefore differ from
-    published ones by a point or two on gov_report/qmsum/multi_news/samsum (usually slightly higher, since
-    punctuation and case no longer break matches). Empty predictions score 0 in both.
-    """
-    if not prediction.strip() or not ground_truth.strip():
-        return 0.0
-    return float(_rouge_l_scorer().score(ground_truth, prediction)["rougeL"].fmeasure)
+    """ROUGE-L F as the official `rouge_score` computes it (see rouge_l_scores)."""
+    return rouge_l_scores(prediction, ground_truth)["f"]
 
 
 def classification(prediction: str, ground_truth: str, all_classes: Sequence[str] = ()) -> float:
@@ -115,30 +118,26 @@ def retrieval(prediction: str, ground_truth: str, all_classes: Sequence[str] = (
     return _number_share(prediction, found[0])
 
 
-@functools.lru_cache(maxsize=1)
-def _fuzz_ratio() -> Callable[[str, str], int]:
-    # fuzzywuzzy warns when python-Levenshtein is absent; the pure-difflib path is the one we want.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fuzzywuzzy import fuzz
-
-    if fuzz.SequenceMatcher is not difflib.SequenceMatcher:
-        raise RuntimeError(
-            "fuzzywuzzy is using python-Levenshtein, whose ratio differs from difflib's: "
-            "`pip uninstall python-Levenshtein` for official code-similarity scores"
-        )
-    return fuzz.ratio
+def fuzz_ratio(a: str, b: str) -> int:
+    """fuzzywuzzy's `fuzz.ratio` on its pure-difflib path (what the official numbers used), without the
+    dependency: 100 for equal strings (even empty ones), 0 when one is empty, else difflib's ratio x100
+    through Python's round (half to even)."""
+    if a == b:
+        return 100
+    if not a or not b:
+        return 0
+    return int(round(100 * difflib.SequenceMatcher(None, a, b).ratio()))
 
 
 def code_similarity(prediction: str, ground_truth: str, all_classes: Sequence[str] = ()) -> float:
-    """fuzz.ratio (difflib, rounded to an integer percent) between the truth and the first predicted line
+    """fuzz_ratio (difflib, rounded to an integer percent) between the truth and the first predicted line
     that holds no backtick, '#' or '//' (after stripping leading newlines); "" when every line does."""
     first_code_line = ""
     for line in prediction.lstrip("\n").split("\n"):
         if "`" not in line and "#" not in line and "//" not in line:
             first_code_line = line
             break
-    return _fuzz_ratio()(first_code_line, ground_truth) / 100
+    return fuzz_ratio(first_code_line, ground_truth) / 100
 
 
 DATASET_METRIC: dict[str, Metric] = {

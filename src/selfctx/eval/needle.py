@@ -280,11 +280,10 @@ def string_match(prediction: str, expected: Sequence[str]) -> float:
 
 
 def rouge_recall(prediction: str, reference: str) -> float:
-    from selfctx.eval.metrics import _rouge_l_scorer
+    """ROUGE-L recall of the reference in the prediction, through the same package as LongBench's scorer."""
+    from selfctx.eval.metrics import rouge_l_scores
 
-    if not prediction.strip():
-        return 0.0
-    return float(_rouge_l_scorer().score(reference, prediction)["rougeL"].recall)
+    return rouge_l_scores(prediction, reference)["r"]
 
 
 # ----------------------------------------------------------------------------- grid

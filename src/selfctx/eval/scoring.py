@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from selfctx.errors import SelfctxError
 from selfctx.eval.metrics import DATASET_METRIC, score_row
 from selfctx.fsutil import write_json_atomic
@@ -33,10 +35,17 @@ LENGTH_BUCKETS: tuple[str, ...] = ("0-4k", "4-8k", "8k+")
 
 
 def _percent(values: Sequence[float]) -> float | None:
-    """Mean x100, two decimals; None for no rows (the official script would write NaN there)."""
+    """Mean x100, two decimals, summed in row order as the official `scorer` does; None for no rows."""
     if not values:
         return None
-    return round(100 * math.fsum(values) / len(values), 2)
+    return round(100 * sum(values) / len(values), 2)
+
+
+def _percent_e(values: Sequence[float]) -> float | None:
+    """The official `scorer_e`'s figure: numpy's mean and numpy's rounding; None where it writes NaN."""
+    if not values:
+        return None
+    return float(round(100 * np.mean(values), 2))
 
 
 def length_bucket(length: int) -> str:
@@ -69,7 +78,7 @@ def score_dataset_e(dataset: str, rows: Sequence[dict[str, Any]]) -> dict[str, f
         if "length" not in row:
             raise SelfctxError(f"{dataset}: a row has no 'length' field, which LongBench-E scoring needs")
         buckets[length_bucket(int(row["length"]))].append(value)
-    return {name: _percent(values) for name, values in buckets.items()}
+    return {name: _percent_e(values) for name, values in buckets.items()}
 
 
 def aggregate(scores: dict[str, float | None]) -> dict[str, Any]:
