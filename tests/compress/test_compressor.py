@@ -128,6 +128,34 @@ def test_battery_save_load_roundtrip(tmp_path, kind):
     assert all(v > 0 for v in counts.values())
 
 
+def test_a_saved_battery_names_itself_and_old_layouts_still_load(tmp_path):
+    from safetensors import safe_open
+
+    lm = make_lm(ratios=(2, 8))
+    randomize(lm.battery, 5)
+    folder = tmp_path / "experts"
+    lm.battery.save(folder)
+    # not posing as a PEFT adapter: no adapter_config.json anywhere, a model card and named weights instead
+    assert not list(folder.rglob("adapter_config.json"))
+    card = (folder / "README.md").read_text()
+    assert "library_name: selfctx" in card and "not a PEFT adapter" in card and "x2, x8" in card
+    with safe_open(str(folder / "expert-r8" / "expert.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    assert meta["format"] == "selfctx-memory-expert" and meta["ratio"] == "8" and meta["kind"] == "lora"
+    # a battery written before the rename (adapter_config.json + adapter_model.safetensors) loads the same
+    for sub in ("expert-r2", "expert-r8"):
+        (folder / sub / "expert_config.json").rename(folder / sub / "adapter_config.json")
+        (folder / sub / "expert.safetensors").rename(folder / sub / "adapter_model.safetensors")
+    loaded = ExpertBattery.load(folder, lm.model)
+    ids = ids_of(1, 2 * WINDOW + 1)
+    again = CompressedLM(lm.model, None, loaded, window=WINDOW)
+    with torch.no_grad():
+        assert torch.equal(lm.logits(ids, 8), again.logits(ids, 8))
+    (folder / "expert-r2" / "adapter_model.safetensors").unlink()
+    with pytest.raises(SelfctxError, match="expert-r2 has no expert_config.json"):
+        ExpertBattery.load(folder, lm.model)
+
+
 def test_loading_experts_for_another_model_is_a_clear_error(tmp_path):
     lm = make_lm(ratios=(4,))
     lm.battery.save(tmp_path / "experts")

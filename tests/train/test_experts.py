@@ -27,8 +27,9 @@ def smoke_cfg(out: Path, *overrides: str) -> ExpertsConfig:
 
 def expert_weights(folder: Path) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("*/adapter_model.safetensors")):
+    for file in sorted(folder.glob("*/expert.safetensors")):
         weights.update({f"{file.parent.name}/{k}": v for k, v in load_file(str(file)).items()})
+    assert weights, f"no expert weights under {folder}"  # comparing two empty dicts would prove nothing
     return weights
 
 

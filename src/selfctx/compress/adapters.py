@@ -28,7 +28,7 @@ MemoryInput = Literal[
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """Everything needed to rebuild an adapter's shapes; saved as adapter_config.json."""
+    """Everything needed to rebuild an adapter's shapes; saved as expert_config.json."""
 
     kind: Literal["lora", "mha_clone"] = "lora"
     ratio: int | None = 8  # None for the ratio-agnostic MHA clone

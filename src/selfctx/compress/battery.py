@@ -1,10 +1,12 @@
 """The expert battery: ratio -> adapter, saved as one folder per expert, and the router that picks one.
 
-On disk (PEFT-like):
+On disk (named as what they are, not as PEFT adapters: PEFT cannot load a memory expert):
     DIR/battery.json                      {"kind": "lora"|"mha_clone", "ratios": [...], "base_model": ...}
-    DIR/expert-r8/adapter_config.json     AdapterConfig
-    DIR/expert-r8/adapter_model.safetensors
+    DIR/README.md                         a model card: what the folder is and how to load it
+    DIR/expert-r8/expert_config.json      AdapterConfig
+    DIR/expert-r8/expert.safetensors      weights; the header's metadata names format, ratio and base model
     DIR/mha-clone/...                     (the single-compressor baseline: one adapter for every ratio)
+Batteries saved before this layout (adapter_config.json + adapter_model.safetensors) load unchanged.
 """
 
 from __future__ import annotations
@@ -27,13 +29,25 @@ from selfctx.compress.adapters import (
     build_adapter,
 )
 from selfctx.errors import SelfctxError
-from selfctx.fsutil import atomic_open, write_json_atomic
+from selfctx.fsutil import atomic_open, write_json_atomic, write_text_atomic
+
+CONFIG_FILE, WEIGHTS_FILE = "expert_config.json", "expert.safetensors"
+_OLD_CONFIG_FILE, _OLD_WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"  # before the rename
+FORMAT = "selfctx-memory-expert"
 
 DEFAULT_RATIOS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def _folder_name(config: AdapterConfig) -> str:
     return "mha-clone" if config.kind == "mha_clone" else f"expert-r{config.ratio}"
+
+
+def _files(sub: Path) -> tuple[Path, Path]:
+    """(config, weights) of one expert folder, in the current layout or the one before it."""
+    for config, weights in ((CONFIG_FILE, WEIGHTS_FILE), (_OLD_CONFIG_FILE, _OLD_WEIGHTS_FILE)):
+        if (sub / config).is_file() and (sub / weights).is_file():
+            return sub / config, sub / weights
+    raise SelfctxError(f"expert folder {sub} has no {CONFIG_FILE} + {WEIGHTS_FILE}: save the battery again")
 
 
 def _init_embedding(model: Any, token_id: int | None) -> tuple[torch.Tensor, int]:
@@ -140,6 +154,38 @@ class ExpertBattery(nn.Module):
             return {"mha_clone": self.adapters[0].num_parameters()}
         return {self.adapter_name(r): self._by_ratio[r].num_parameters() for r in self.ratios}
 
+    def model_card(self) -> str:
+        """README.md of a saved battery: what it is, how it was built and how to load it."""
+        first = self.adapters[0].config
+        base = first.base_model or "(unrecorded)"
+        experts = (
+            "one compressor shared by every ratio (the single-compressor baseline)"
+            if self.kind == "mha_clone"
+            else ", ".join(f"x{r}" for r in self.ratios) + f" (one LoRA expert per ratio, rank {first.rank})"
+        )
+        mechanism = ", ".join(f"{k} {v}" for k, v in sorted(self.mechanism.items())) or "library defaults"
+        return (
+            "---\n"
+            "library_name: selfctx\n"
+            f"base_model: {base}\n"
+            "tags: [selfctx, context-compression, long-context, memory-experts]\n"
+            "---\n\n"
+            f"# selfctx memory experts for {base}\n\n"
+            "Compression experts for the selfctx package: the frozen base model reads a long input window "
+            "by window, and after each window these weights turn its activations into a few memory tokens "
+            "whose keys and values replace the window's. They are not a PEFT adapter and do not change the "
+            "model's answers on inputs that fit its window.\n\n"
+            f"- experts: {experts}\n"
+            f"- memory tokens start as: {first.memory_input}\n"
+            f"- window mechanism: {mechanism}\n"
+            f"- parameters: {sum(self.parameter_counts().values()):,}\n\n"
+            "```python\n"
+            "from selfctx.compress import CompressedLM\n"
+            f'lm = CompressedLM.from_pretrained("{base}", "path/to/this/folder")\n'
+            "```\n\n"
+            "Training settings, where recorded: selfctx_train.json beside this file.\n"
+        )
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -147,9 +193,16 @@ class ExpertBattery(nn.Module):
             sub = folder / _folder_name(adapter.config)
             sub.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
-            with atomic_open(sub / "adapter_model.safetensors", "wb") as handle:
-                handle.write(save(state))
-            write_json_atomic(sub / "adapter_config.json", adapter.config.to_json())
+            metadata = {
+                "format": FORMAT,
+                "kind": adapter.config.kind,
+                "ratio": str(adapter.config.ratio or "any"),
+                "base_model": adapter.config.base_model or "",
+            }
+            with atomic_open(sub / WEIGHTS_FILE, "wb") as handle:
+                handle.write(save(state, metadata=metadata))
+            write_json_atomic(sub / CONFIG_FILE, adapter.config.to_json())
+        write_text_atomic(folder / "README.md", self.model_card())
         first = self.adapters[0].config
         write_json_atomic(
             folder / "battery.json",
@@ -180,7 +233,8 @@ class ExpertBattery(nn.Module):
         adapters: dict[int, MemoryAdapter] = {}
         for name in subfolders:
             sub = folder / name
-            config = AdapterConfig.from_json(json.loads((sub / "adapter_config.json").read_text()))
+            config_file, weights_file = _files(sub)
+            config = AdapterConfig.from_json(json.loads(config_file.read_text()))
             if config.hidden_size != model.config.hidden_size or config.num_layers != len(layers):
                 raise SelfctxError(
                     f"expert {sub} was trained for hidden size {config.hidden_size} x {config.num_layers} "
@@ -188,7 +242,7 @@ class ExpertBattery(nn.Module):
                     "use this model's experts"
                 )
             adapter = build_adapter(config, layers, embedding)
-            state = load_file(str(sub / "adapter_model.safetensors"), device=str(embedding.device))
+            state = load_file(str(weights_file), device=str(embedding.device))
             missing, unexpected = adapter.load_state_dict(
                 {k: v.to(embedding.dtype) for k, v in state.items()}, strict=False
             )
