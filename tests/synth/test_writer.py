@@ -87,6 +87,13 @@ def test_card_histogram_config_and_manifest(tmp_path: Path) -> None:
     card = (tmp_path / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
     assert header["configs"][0]["data_files"][0]["path"] == "data/*.jsonl"
+    # what the Hub and `datasets` read: licence, language, the model that wrote it, the columns and types
+    assert header["license"] == "apache-2.0" and header["language"] == ["en"]
+    assert header["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    features = {f["name"]: f for f in header["dataset_info"]["features"]}
+    assert set(features) == set(json.loads((tmp_path / "data" / "train-00000.jsonl").open().readline()))
+    assert features["gold_positions"]["sequence"] == "int64" and features["task"]["dtype"] == "string"
+    assert header["dataset_info"]["splits"] == [{"name": "train", "num_examples": 9}]
     assert "| single_doc_qa | 3 | 0 | 3 |" in card and "| code | 2 | 1 | 3 |" in card  # 0-8k, 8k-16k, total
     assert "| **total** | 7 | 2 | 9 |" in card
     assert "| refusal | 2 |" in card and "| ungrounded | 1 |" in card
@@ -113,6 +120,13 @@ def test_rerun_into_the_same_folder_leaves_no_stale_shards(tmp_path: Path) -> No
     rows = [json.loads(line) for p in sorted((tmp_path / "data").glob("*.jsonl")) for line in p.open()]
     assert len(rows) == 3
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_model_we_do_not_know_gets_its_own_name_and_other_terms() -> None:
+    from selfctx.synth.writer import model_identity
+
+    assert model_identity("llamacpp:smollm2-135m") == ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
+    assert model_identity("openai:gpt-x") == ("gpt-x", "other")
 
 
 def test_parquet_only_output(tmp_path: Path) -> None:

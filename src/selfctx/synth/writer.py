@@ -33,6 +33,57 @@ from selfctx.fsutil import atomic_open, write_json_atomic, write_text_atomic
 from selfctx.synth.lengths import BUCKETS
 from selfctx.synth.types import Sample
 
+# The columns of a dataset row, one source for the Parquet schema and the card's `dataset_info`.
+FEATURES: tuple[tuple[str, str], ...] = (
+    ("messages", "messages"),
+    ("task", "string"),
+    ("bucket", "string"),
+    ("token_count", "int64"),
+    ("target_tokens", "int64"),
+    ("n_distractors", "int64"),
+    ("gold_positions", "int64[]"),
+    ("nouns", "string[]"),
+    ("seed", "int64"),
+    ("model", "string"),
+    ("repeated_distractors", "bool"),
+    ("extra", "string"),
+)
+
+
+def _arrow_type(kind: str) -> Any:
+    import pyarrow as pa
+
+    if kind == "messages":
+        return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    if kind.endswith("[]"):
+        return pa.list_(_arrow_type(kind[:-2]))
+    return {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_()}[kind]
+
+
+# Models we know: (hub id, licence of their outputs). Others: their own name, "other" (their terms apply).
+_KNOWN_MODELS = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+
+
+def model_identity(model_id: str) -> tuple[str, str]:
+    """(base_model, license) for a card, from a backend's model id such as "llamacpp:smollm2-135m"."""
+    name = model_id.split(":", 1)[-1]
+    return _KNOWN_MODELS.get(name, (name, "other"))
+
+
+def card_features() -> list[dict[str, Any]]:
+    """FEATURES as a Hugging Face dataset card's `dataset_info.features`."""
+    out: list[dict[str, Any]] = []
+    for name, kind in FEATURES:
+        if kind == "messages":
+            fields = [{"name": "role", "dtype": "string"}, {"name": "content", "dtype": "string"}]
+            out.append({"name": name, "list": fields})
+        elif kind.endswith("[]"):
+            out.append({"name": name, "sequence": kind[:-2]})
+        else:
+            out.append({"name": name, "dtype": kind})
+    return out
+
+
 DATA_DIR = "data"
 PARQUET_DIR = "data_parquet"
 SHARD_NAME = "train-{index:05d}.{ext}"
@@ -180,14 +231,7 @@ class DatasetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = pa.schema([
-            ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-            ("task", pa.string()), ("bucket", pa.string()), ("token_count", pa.int64()),
-            ("target_tokens", pa.int64()), ("n_distractors", pa.int64()),
-            ("gold_positions", pa.list_(pa.int64())),
-            ("nouns", pa.list_(pa.string())), ("seed", pa.int64()), ("model", pa.string()),
-            ("repeated_distractors", pa.bool_()), ("extra", pa.string()),
-        ])  # fmt: skip
+        schema = pa.schema([(name, _arrow_type(kind)) for name, kind in FEATURES])
         written = []
         for index, shard in enumerate(self._shards):
             path = self.out_dir / PARQUET_DIR / SHARD_NAME.format(index=index, ext="parquet")
@@ -235,15 +279,20 @@ class DatasetWriter:
 
     def _card(self, config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         n = len(self._stats)
+        model = summary.get("model", config.get("model", "?"))
+        base_model, license_id = model_identity(str(model))
         header = {
+            "license": license_id,
+            "language": ["en"],
+            "base_model": base_model,  # the model that wrote every passage, question and answer
             "configs": [
                 {"config_name": "default", "data_files": [{"split": "train", "path": self._data_glob()}]}
             ],
+            "dataset_info": {"features": card_features(), "splits": [{"name": "train", "num_examples": n}]},
             "task_categories": ["text-generation"],
             "tags": ["long-context", "synthetic", "selfctx"],
             "size_categories": ["n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"],
         }
-        model = summary.get("model", config.get("model", "?"))
         seed = summary.get("seed", config.get("seed", "?"))
         lines = [
             "---",
