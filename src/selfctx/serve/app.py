@@ -4,19 +4,24 @@ plus the extension POST /v1/contexts (register a long context once, refer to it 
 Every answer carries `usage` and a `selfctx` object: the expert, requested/achieved ratio, memory bytes and
 entries, whether the memory was reused (and from where), and the batch it was decoded in. The HTTP layer is
 async and only hands jobs to the model's worker thread (`selfctx.serve.worker`); it refuses, with 4xx and an
-OpenAI-style error body, malformed JSON (400), unknown context ids (404), bodies over the byte limit (413),
-inputs over the token limits (400, code context_length_exceeded) and work over the in-flight limit (429).
+OpenAI-style error body naming the parameter at fault: malformed JSON (400), OpenAI parameters it cannot
+honour (400 unsupported_parameter, see `selfctx.serve.protocol`), another model than it serves (404
+model_not_found), unknown context ids (404), unknown routes and methods (404, 405), bodies over the byte limit
+(413), inputs over the token limits (400, code context_length_exceeded) and work over the in-flight limit
+(429). A request whose client hangs up is cancelled: its compression stops once no one else waits for it.
+`usage.prompt_tokens_details.cached_tokens` counts the context tokens whose memory was reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,16 +30,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 from selfctx.compress import CompressedLM
 from selfctx.fsutil import write_json_atomic
 from selfctx.serve.config import ServeConfig
-from selfctx.serve.context import ChatMessage, Mode, Split, split_chat, split_text
+from selfctx.serve.context import ChatMessage, Fits, Mode, Split, split_chat, split_text
 from selfctx.serve.protocol import ChatBody, CompletionBody, ContextBody, _Body
 from selfctx.serve.worker import Job, JobResult, MemoryReport, RequestError, Worker
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 _CONTEXT_ID = re.compile(r"^[0-9a-f]{64}$")
+_ROUTES = "/v1/chat/completions, /v1/completions, /v1/models, /v1/contexts, /health and /stats"
 
 
 @dataclass
@@ -48,16 +55,28 @@ class ServeStats:
 
 
 class _Events:
-    """Carries a job's events from the worker thread into this request's asyncio queue."""
+    """Carries a job's events from the worker thread into this request's asyncio queue, and cancels the job
+    when its client hangs up (until `close`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, raw: Request, job: Job) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._watch = asyncio.create_task(_cancel_on_disconnect(raw, job))
 
     def emit(self, kind: str, payload: Any) -> None:
         # RuntimeError: the event loop is gone (server shut down), nobody is listening any more
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+
+    def close(self) -> None:
+        self._watch.cancel()
+
+
+async def _cancel_on_disconnect(raw: Request, job: Job) -> None:
+    # The body is already read, so the next message the server receives is the client's disconnect.
+    while (await raw.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled.set()
 
 
 class _Contexts:
@@ -89,13 +108,20 @@ class _Contexts:
         )
 
 
-def _error_response(exc: RequestError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status == 429 else None
-    return JSONResponse(
-        {"error": {"message": exc.message, "type": exc.kind, "code": exc.code, "param": None}},
-        status_code=exc.status,
-        headers=headers,
-    )
+def _error_body(exc: RequestError) -> dict[str, Any]:
+    return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
+
+
+def _error_response(exc: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+    if exc.status == 429:
+        headers = {**(headers or {}), "Retry-After": "1"}
+    return JSONResponse(_error_body(exc), status_code=exc.status, headers=headers)
+
+
+def _first_problem(errors: list[Any]) -> str | None:
+    """The dotted location of a validation error (`messages.0.role`): OpenAI's `param`."""
+    location = ".".join(map(str, errors[0]["loc"])) if errors else ""
+    return location or None
 
 
 def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
@@ -120,7 +146,24 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         stats.client_errors += 1
-        return _error_response(RequestError(400, f"malformed request: {exc.errors()[:3]}"))
+        errors = list(exc.errors())
+        return _error_response(
+            RequestError(400, f"malformed request: {errors[:3]}", param=_first_problem(errors))
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _no_route(raw: Request, exc: HTTPException) -> JSONResponse:
+        stats.client_errors += 1
+        what = f"{raw.method} {raw.url.path}"
+        if exc.status_code == 404:
+            message, code = f"no route {what}: this server serves {_ROUTES}", "not_found"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "another method")
+            message, code = f"{what} is not allowed: use {allowed}", "method_not_allowed"
+        else:
+            message, code = f"{what}: {exc.detail}", None
+        headers = dict(exc.headers) if exc.headers else None
+        return _error_response(RequestError(exc.status_code, message, code=code), headers=headers)
 
     async def read_body(raw: Request, model: type[BodyT]) -> BodyT:
         stats.requests += 1
@@ -143,14 +186,37 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
                     code="request_too_large",
                 )
         try:
-            return model.model_validate_json(bytes(received))
+            body = model.model_validate_json(bytes(received))
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
             )
             raise RequestError(
-                400, f"malformed request ({problems}): send a JSON body as in the OpenAI API"
+                400,
+                f"malformed request ({problems}): send a JSON body as in the OpenAI API",
+                param=_first_problem(exc.errors()),
             ) from None
+        if isinstance(body, _Body):
+            check_openai_parameters(body)
+        return body
+
+    def check_openai_parameters(body: _Body) -> None:
+        if not config.serves(body.model):
+            raise RequestError(
+                404,
+                f"the model {body.model!r} does not exist here: this server serves {config.model_name!r} "
+                "(see /v1/models)",
+                code="model_not_found",
+                param="model",
+            )
+        refusal = body.refused()
+        if refusal is not None:
+            raise RequestError(
+                400,
+                f"{refusal.param} is not supported by this server: {refusal.instead}",
+                code="unsupported_parameter",
+                param=refusal.param,
+            )
 
     def admit() -> None:
         if stats.in_flight >= config.max_inflight:
@@ -165,18 +231,21 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
 
-    def release() -> None:
+    def release(events: _Events) -> None:
         stats.in_flight -= 1
+        events.close()
 
-    def make_job(mode: Mode, split: Split, body: _Body) -> Job:
+    def make_job(mode: Mode, split: Callable[[Fits], Split], body: _Body) -> Job:
+        """A job the worker splits into context and question (it can measure questions in tokens)."""
         max_tokens = next(
             (v for v in (body.max_completion_tokens, body.max_tokens) if v is not None),
             config.default_max_tokens,
         )
         return Job(
             mode=mode,
-            context=split.context,
-            question=split.question,
+            context="",
+            question="",
+            split=split,
             max_tokens=max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
@@ -184,20 +253,20 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
             stop=body.stops(),
         )
 
-    async def start(job: Job) -> tuple[_Events, MemoryReport]:
+    async def start(raw: Request, job: Job) -> tuple[_Events, MemoryReport]:
         """Queue the job and wait until the worker accepts it (memory ready) or refuses it."""
-        events = _Events()
-        job.emit = events.emit
         admit()
+        events = _Events(raw, job)
+        job.emit = events.emit
         try:
             worker.submit(job)
             kind, payload = await events.queue.get()
         except BaseException:
             job.cancelled.set()
-            release()
+            release(events)
             raise
         if kind == "error":
-            release()
+            release(events)
             raise payload
         return events, payload
 
@@ -211,7 +280,7 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
                     raise payload
         finally:
             job.cancelled.set()  # a client that went away stops its row's decoding
-            release()
+            release(events)
 
     def extension(result: JobResult) -> dict[str, Any]:
         return {
@@ -221,11 +290,12 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
             "decode_seconds": round(result.decode_seconds, 4),
         }
 
-    def usage(result: JobResult) -> dict[str, int]:
+    def usage(result: JobResult) -> dict[str, Any]:
         return {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": result.memory.cached_tokens},
         }
 
     def stream(job: Job, events: _Events, body: _Body, chunk: Any) -> StreamingResponse:
@@ -239,7 +309,7 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
                     if kind == "text":
                         yield _sse(chunk({"content": payload}, None))
                     elif kind == "error":
-                        yield _sse({"error": {"message": payload.message, "type": payload.kind}})
+                        yield _sse(_error_body(payload))
                         break
                     elif kind == "done":
                         last = chunk({}, payload.finish_reason)
@@ -251,7 +321,7 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
                 yield "data: [DONE]\n\n"
             finally:
                 job.cancelled.set()
-                release()
+                release(events)
 
         return StreamingResponse(
             lines(),
@@ -279,8 +349,8 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         body = await read_body(raw, ContextBody)
         job = Job(mode=body.mode, context=body.text, question=None)
         context_id = worker.key_for(body.mode, body.text)
-        events, report = await start(job)
-        release()
+        events, report = await start(raw, job)
+        release(events)
         contexts.add(context_id, body.text)  # only once it compressed: a refused text gets no id
         return {"id": context_id, "object": "context", "mode": body.mode, "selfctx": report.to_json()}
 
@@ -290,12 +360,12 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
         ]
+        split: Callable[[Fits], Split] = functools.partial(split_chat, messages)
         if body.context_id is not None:
-            split = Split(contexts.get(body.context_id), "\n\n".join(m.content for m in messages))
-        else:
-            split = split_chat(messages)
+            registered = Split(contexts.get(body.context_id), "\n\n".join(m.content for m in messages))
+            split = _given(registered)
         job = make_job("chat", split, body)
-        events, _ = await start(job)
+        events, _ = await start(raw, job)
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": ident, "created": created, "model": config.model_name}
         if body.stream:
@@ -327,12 +397,12 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(raw: Request) -> Any:
         body = await read_body(raw, CompletionBody)
+        split: Callable[[Fits], Split] = functools.partial(split_text, body.prompt_text())
         if body.context_id is not None:
-            split = Split(contexts.get(body.context_id), body.prompt_text())
-        else:
-            split = split_text(body.prompt_text())
+            registered = Split(contexts.get(body.context_id), body.prompt_text())
+            split = _given(registered)
         job = make_job("text", split, body)
-        events, _ = await start(job)
+        events, _ = await start(raw, job)
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": ident, "created": created, "model": config.model_name}
         if body.stream:
@@ -364,6 +434,11 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
         }
 
     return app
+
+
+def _given(split: Split) -> Callable[[Fits], Split]:
+    """A split the caller chose (a registered context): nothing to measure."""
+    return lambda _fits: split
 
 
 def _sse(payload: dict[str, Any]) -> str:

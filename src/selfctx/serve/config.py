@@ -7,6 +7,8 @@ from pathlib import Path
 
 from selfctx.errors import SelfctxError
 
+MODEL_ALIAS = "selfctx"  # accepted as `model` by every server, whatever it serves
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -14,7 +16,11 @@ class ServeConfig:
 
     answer_budget: tokens reserved for question + answer when routing a context to an expert. It is fixed per
     server (not per request) so the same document always gets the same expert and thus the same memory key;
-    a request whose question + max_tokens exceed it is refused with 400.
+    a request whose question + max_tokens exceed it is refused with 400 (after the last user message was cut
+    down to fit it, see `selfctx.serve.context`).
+
+    model_name: the model /v1/models lists; requests naming another model than it (or than the generic alias
+    "selfctx") are refused with 404 model_not_found; requests naming none are served.
     """
 
     model_name: str = "selfctx"
@@ -42,6 +48,9 @@ class ServeConfig:
                 raise SelfctxError(f"{name} must be at least 1 (got {value}): pass a positive number")
         if self.memory_budget_mb < 0:
             raise SelfctxError("memory budget must be >= 0 MB (0 keeps nothing in RAM)")
+
+    def serves(self, model: str | None) -> bool:
+        return model is None or model in (self.model_name, MODEL_ALIAS)
 
     @property
     def memory_budget_bytes(self) -> int:

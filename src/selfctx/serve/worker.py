@@ -1,8 +1,10 @@
 """The one thread that owns the model: drains a queue, compresses each new context once, and decodes the
 requests that share a memory as one batch.
 
-The HTTP layer never touches the model; it submits `Job`s and reads their events (start, text deltas, done or
-an error with an HTTP status) from a thread-safe callback.
+The HTTP layer never touches the model (nor its tokenizer); it submits `Job`s and reads their events (start,
+text deltas, done or an error with an HTTP status) from a thread-safe callback. A job whose client went away
+(`cancelled`) stops its decoding row, and a compression stops between groups of windows once every job
+waiting for it is cancelled.
 """
 
 from __future__ import annotations
@@ -20,20 +22,27 @@ from typing import Any
 
 from selfctx.compress import CompressedLM, Memory
 from selfctx.errors import SelfctxError
+from selfctx.serve.compressing import Abandoned, compress_unless_abandoned
 from selfctx.serve.config import ServeConfig
-from selfctx.serve.context import Mode
+from selfctx.serve.context import Fits, Mode, Split
 from selfctx.serve.decode import DecodeRow, decode_rows
 from selfctx.serve.memory_store import MemoryStore, memory_footprint, memory_key
 
 
 class RequestError(Exception):
-    """A request the server refuses: HTTP status + a message saying what is wrong and what to do."""
+    """A request the server refuses: HTTP status + a message saying what is wrong and what to do, and the
+    request parameter at fault when there is one (OpenAI's error `param`)."""
 
     def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind, self.code = status, message, kind, code
+        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
 
 
 @dataclass
@@ -57,14 +66,23 @@ class MemoryReport:
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @property
+    def cached_tokens(self) -> int:
+        """Context tokens read from a memory made before this request (OpenAI's usage.cached_tokens)."""
+        return self.context_tokens if self.memory_reused else 0
+
 
 @dataclass
 class Job:
-    """One request. `question` None = only make sure the context is compressed (POST /v1/contexts)."""
+    """One request. `question` None = only make sure the context is compressed (POST /v1/contexts).
+
+    `split`, when given, divides the request into context and question on the worker thread (where questions
+    can be measured in tokens against the answer budget); it replaces `context` and `question`."""
 
     mode: Mode
     context: str
     question: str | None
+    split: Callable[[Fits], Split] | None = None
     max_tokens: int = 16
     temperature: float = 0.0
     top_p: float = 1.0
@@ -94,6 +112,7 @@ class WorkerStats:
     batches: int = 0
     max_batch: int = 0
     compressions: int = 0
+    abandoned: int = 0  # compressions stopped because every request waiting for them went away
     errors: int = 0
 
 
@@ -137,10 +156,19 @@ class Worker:
         return memory_key(context, mode, self.fingerprint)
 
     def submit(self, job: Job) -> None:
+        self._queue.put(job)
+
+    def _prepare(self, job: Job) -> None:
+        """Split the request (if it asks to be) and compute its memory key."""
+        if job.split is not None:
+            split = job.split(lambda question: self._fits(job, question))
+            job.context, job.question = split.context, split.question
         job.key = self.key_for(job.mode, job.context)
         if not self.config.reuse:  # baseline: every request gets its own memory
             job.key = f"{job.key}-{uuid.uuid4().hex}"
-        self._queue.put(job)
+
+    def _fits(self, job: Job, question: str) -> bool:
+        return len(self._question_ids(job.mode, question)) + job.max_tokens <= self.config.answer_budget
 
     def pending(self) -> int:
         return self._queue.qsize()
@@ -169,6 +197,12 @@ class Worker:
                 jobs.append(nxt)
             groups: dict[str, list[Job]] = {}
             for job in jobs:
+                try:
+                    self._prepare(job)
+                except Exception as exc:  # a tokenizer failure fails this request, never the server
+                    failure = RequestError(500, f"splitting the request failed: {exc}", "server_error")
+                    job.emit("error", failure)
+                    continue
                 groups.setdefault(job.key, []).append(job)
             for key, group in groups.items():
                 for start in range(0, len(group), self.config.max_batch):
@@ -177,6 +211,13 @@ class Worker:
     def _run_group(self, key: str, jobs: list[Job]) -> None:
         try:
             self._serve_group(key, jobs)
+        except Abandoned:
+            self.stats.abandoned += 1
+            gone = RequestError(
+                499, "the client closed the request before its context was compressed", code="client_closed"
+            )
+            for job in jobs:
+                job.emit("error", gone)
         except RequestError as exc:
             for job in jobs:
                 job.emit("error", exc)
@@ -189,12 +230,17 @@ class Worker:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _memory_for(self, key: str, job: Job) -> tuple[Memory, str, float]:
+    def _question_ids(self, mode: Mode, question: str) -> list[int]:
+        """The tokens a question is read as (in chat mode with the chat template's turn ending)."""
+        return self._encode(self.lm.split_chat("", question)[1] if mode == "chat" else question)
+
+    def _memory_for(self, key: str, jobs: list[Job]) -> tuple[Memory, str, float]:
         found = self.store.get(key)
         if found is not None:
             self.lm.check_memory(found[0])
             return found[0], found[1], 0.0
         started = time.perf_counter()
+        job = jobs[0]
         head = self.lm.split_chat(job.context, "")[0] if job.mode == "chat" else job.context
         ids = self._encode(head)
         if len(ids) > self.config.max_input_tokens:
@@ -208,7 +254,9 @@ class Worker:
             route = self.lm.route_for(len(ids), self.config.answer_budget)
         except SelfctxError as exc:
             raise RequestError(400, str(exc), code="context_length_exceeded") from None
-        memory = self.lm.compress(ids, ratio=route.ratio)
+        memory = compress_unless_abandoned(
+            self.lm, ids, route.ratio, lambda: all(j.cancelled.is_set() for j in jobs)
+        )
         self.stats.compressions += 1
         if self.config.reuse:
             self.store.put(key, memory)
@@ -237,7 +285,7 @@ class Worker:
 
     def _serve_group(self, key: str, jobs: list[Job]) -> None:
         started = time.perf_counter()
-        memory, source, compress_s = self._memory_for(key, jobs[0])
+        memory, source, compress_s = self._memory_for(key, jobs)
         report = self._report(key, memory, source, compress_s)
         rows: list[tuple[Job, DecodeRow, MemoryReport]] = []
         for position, job in enumerate(jobs):
@@ -280,8 +328,7 @@ class Worker:
 
     def _row_for(self, job: Job, memory: Memory) -> DecodeRow:
         assert job.question is not None
-        suffix = self.lm.split_chat("", job.question)[1] if job.mode == "chat" else job.question
-        prompt_ids = self._encode(suffix)
+        prompt_ids = self._question_ids(job.mode, job.question)
         n_context = memory.info.n_context_tokens
         if n_context + len(prompt_ids) > self.config.max_input_tokens:
             raise RequestError(
