@@ -133,7 +133,7 @@ def command(
         docs = _documents(lm.tokenizer, n_requests, doc_tokens) if scenario == "distinct" else [shared_doc]
         bodies = [
             {
-                "model": "m",
+                "model": model,
                 "max_tokens": max_tokens,
                 "temperature": 0.0,
                 "messages": [

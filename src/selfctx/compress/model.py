@@ -12,6 +12,7 @@ Every result reports the expert used, the requested and achieved ratio and the m
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from selfctx.compress.adapters import MemoryInput
-from selfctx.compress.battery import DEFAULT_RATIOS, ExpertBattery, Route, route
+from selfctx.compress.battery import DEFAULT_RATIOS, ExpertBattery, Route, read_battery_meta, route
 from selfctx.compress.engine import (
     AttentionPattern,
     BaseParts,
@@ -66,6 +67,43 @@ class GenerationResult:
 
 
 DEFAULT_WINDOW = 1024
+
+
+def untrained_ratios(window: int, ratios: tuple[int, ...] = DEFAULT_RATIOS) -> tuple[int, ...]:
+    """The ratios an untrained battery gets for `window` (those that divide it)."""
+    return tuple(r for r in ratios if window % r == 0 and r <= window)
+
+
+def check_compression_args(
+    experts: str | Path | None,
+    *,
+    window: int | None = None,
+    native_context: int | None = None,
+    ratio: int | None = None,
+) -> None:
+    """What `from_pretrained` and `compress(ratio=...)` would reject, checked before any model is loaded:
+    the expert folder (battery.json), window/native context sizes, and that a forced ratio has an expert."""
+    from selfctx.checks import check_positive
+
+    check_positive(window, "--window")
+    check_positive(native_context, "--native-context")
+    if window is not None and native_context is not None and window >= native_context:
+        raise SelfctxError(
+            f"--window {window} must be smaller than --native-context {native_context}: lower --window"
+        )
+    meta = read_battery_meta(experts, "--experts") if experts is not None else None
+    available = tuple(int(r) for r in meta["ratios"]) if meta else untrained_ratios(window or DEFAULT_WINDOW)
+    if meta and window is not None:
+        bad = [r for r in available if window % r]
+        if bad:
+            raise SelfctxError(
+                f"--window {window} is not divisible by ratio {bad[0]} of the experts in {experts}: pick a "
+                "multiple of every ratio (or leave --window unset: the window they were trained with)"
+            )
+    if ratio is not None and ratio != 1 and ratio not in available:
+        raise SelfctxError(
+            f"--ratio {ratio} has no expert: use 1 (no compression) or one of {', '.join(map(str, available))}"
+        )
 LOSS_CHUNK = 1024  # labelled tokens per logits chunk in forward_train
 
 
@@ -155,8 +193,7 @@ class CompressedLM(nn.Module):
         elif experts is not None:
             battery = ExpertBattery.load(experts, model)
         else:
-            size = window or DEFAULT_WINDOW
-            usable = tuple(r for r in ratios if size % r == 0 and r <= size)
+            usable = untrained_ratios(window or DEFAULT_WINDOW, ratios)
             battery = ExpertBattery.create(
                 model, usable, kind=kind, rank=rank, base_model=name, memory_input=memory_input
             )
@@ -369,12 +406,14 @@ class CompressedLM(nn.Module):
         ratio: int | None = None,
         budget: int = 512,
         chat: bool = True,
+        between_groups: Callable[[], None] | None = None,
     ) -> Memory:
         """Compress a context once (its full windows); the partial last window is kept as raw tail tokens.
 
         With chat=True a string context is placed in a user turn (the prompt is appended later). `ratio`
         forces an expert; otherwise the router picks the smallest one that fits with `budget` tokens of
-        question + answer."""
+        question + answer. `between_groups()` runs after the sink and after each group of windows: raising
+        there stops the compression (a server drops work nobody waits for)."""
         if isinstance(context, str):
             head = self.split_chat(context, "")[0] if chat else context
             ids = self._encode(head)
@@ -386,7 +425,8 @@ class CompressedLM(nn.Module):
             layers = empty_memory(self.parts, 1, self.parts.embed_tokens.weight)
             tail = tensor
         else:
-            layers, tail = self.compress_ids(tensor, chosen)
+            hook = None if between_groups is None else (lambda _start, _hidden: between_groups())
+            layers, tail = self.compress_ids(tensor, chosen, on_hidden=hook)
         info = MemoryInfo(
             model_name=self.name,
             adapter=None if chosen == 1 else self.battery.adapter_name(chosen),
