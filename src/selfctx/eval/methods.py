@@ -252,7 +252,9 @@ class LlamaCppMethod:
     ) -> None:
         import os
 
-        from llama_cpp import Llama
+        from selfctx.models import llama_class
+
+        Llama = llama_class()  # noqa: N806 (llama.cpp's class)
 
         self._tokenizer = tokenizer
         self.name = name
@@ -298,7 +300,7 @@ class LlamaCppMethod:
                 stop=["\n"] if request.stop_at_newline else [],
                 seed=0,
             )
-            completion = str(result["choices"][0]["text"])  # type: ignore[index]
+            completion = str(result["choices"][0]["text"])
             out.append(
                 Prediction(text=completion, input_tokens=n_input, memory_bytes=self.memory_bytes(n_input))
             )

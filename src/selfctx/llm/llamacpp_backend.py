@@ -46,7 +46,9 @@ class LlamaCppLLM(LLM):
         n_gpu_layers: int = 0,
     ) -> None:
         super().__init__()
-        from llama_cpp import Llama
+        from selfctx.models import llama_class
+
+        Llama = llama_class()  # noqa: N806 (llama.cpp's class)
 
         spec = resolve_model(model) if isinstance(model, str) else model
         path = spec.gguf_path  # raises a SelfctxError for non-GGUF models
