@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from selfctx.checks import check_dtype
 from selfctx.errors import SelfctxError
 
 if TYPE_CHECKING:
@@ -179,9 +180,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         "float16": torch.float16,
         "fp16": torch.float16,
     }
-    if dtype not in table:
-        raise SelfctxError(f"dtype {dtype!r} is not one of {', '.join(table)} or auto")
-    return table[dtype]
+    return table[check_dtype(dtype, "dtype")]
 
 
 def default_device() -> str:

@@ -4,7 +4,7 @@ method-comparison report."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+BACKENDS = ("hf", "llamacpp")
 METHOD_HELP = "truncate (native window), full (full attention up to --max-length), compressed (CompressedLM)"
 
 
@@ -25,51 +26,89 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _load_methods(
-    model: str,
-    methods: list[str],
-    *,
-    experts: str | None,
-    window: int | None,
-    ratio: int | None,
-    dtype: str,
-    device: str | None,
-    batch_size: int,
-    backend: str = "hf",
-):
-    from selfctx.eval.methods import METHOD_KINDS, LlamaCppMethod, build_method
-    from selfctx.models import load_causal_lm, load_tokenizer, resolve_model
+@dataclass(frozen=True)
+class _Methods:
+    """What the methods of a run are built from: the options every `eval` verb shares."""
 
-    unknown = [m for m in methods if m not in METHOD_KINDS]
-    if unknown:
-        raise SelfctxError(f"unknown method(s) {', '.join(unknown)}: pick from {', '.join(METHOD_KINDS)}")
-    if backend == "llamacpp":
-        spec = resolve_model(model)
-        if "compressed" in methods:
-            raise SelfctxError("the compressed method runs on the transformers backend: use --backend hf")
-        tokenizer = load_tokenizer(spec)
-        return [
-            LlamaCppMethod(
-                str(spec.gguf_path),
-                tokenizer,
-                name=f"{m}-llamacpp",
-                limit="native" if m == "truncate" else None,
-                n_ctx=None if m == "truncate" else 16_384,
+    model: str
+    methods: list[str]
+    experts: str | None
+    window: int | None
+    ratio: int | None
+    dtype: str
+    device: str | None
+    backend: str
+    batch_size: int = 1
+
+    def check(self) -> _Methods:
+        """Every option, checked before any model loads and before any folder is made."""
+        from selfctx.checks import check_device, check_dtype, check_positive
+        from selfctx.eval.methods import METHOD_KINDS
+        from selfctx.models import resolve_model
+
+        unknown = [m for m in self.methods if m not in METHOD_KINDS]
+        if unknown or not self.methods:
+            raise SelfctxError(
+                f"--method {', '.join(unknown) or '(none)'} is not a method: pick from "
+                f"{', '.join(METHOD_KINDS)}"
             )
-            for m in methods
+        if self.backend not in BACKENDS:
+            raise SelfctxError(
+                f"--backend {self.backend} is unknown: use hf (transformers) or llamacpp (GGUF models)"
+            )
+        if self.backend == "llamacpp" and "compressed" in self.methods:
+            raise SelfctxError("--method compressed runs on the transformers backend: use --backend hf")
+        check_dtype(self.dtype)
+        check_device(self.device)
+        check_positive(self.batch_size, "--batch-size")
+        spec = resolve_model(self.model)
+        if self.backend == "llamacpp":
+            _ = spec.gguf_path  # raises unless llama.cpp can run the model as it is
+        if "compressed" in self.methods:
+            from selfctx.compress.model import check_compression_args
+
+            check_compression_args(self.experts, window=self.window, ratio=self.ratio)
+        elif self.experts is not None:
+            from selfctx.compress.battery import read_battery_meta
+
+            read_battery_meta(self.experts, "--experts")
+        return self
+
+    def load(self) -> list:
+        """The methods over one loaded model (call `check` first)."""
+        from selfctx.eval.methods import LlamaCppMethod, build_method
+        from selfctx.models import load_causal_lm, load_tokenizer, resolve_model
+
+        spec = resolve_model(self.model)
+        if self.backend == "llamacpp":
+            tokenizer = load_tokenizer(spec)
+            return [
+                LlamaCppMethod(
+                    str(spec.gguf_path),
+                    tokenizer,
+                    name=f"{m}-llamacpp",
+                    limit="native" if m == "truncate" else None,
+                    n_ctx=None if m == "truncate" else 16_384,
+                )
+                for m in self.methods
+            ]
+        lm, tokenizer = load_causal_lm(spec, dtype=self.dtype, device=self.device)
+        built = [
+            build_method(
+                m,
+                lm,
+                tokenizer,
+                experts=self.experts,
+                window=self.window,
+                ratio=self.ratio,
+                batch_size=self.batch_size,
+            )
+            for m in self.methods
         ]
-    if backend != "hf":
-        raise SelfctxError(f"unknown backend {backend!r}: use hf (transformers) or llamacpp (GGUF models)")
-    spec = resolve_model(model)
-    lm, tokenizer = load_causal_lm(spec, dtype=dtype, device=device)
-    built = [
-        build_method(m, lm, tokenizer, experts=experts, window=window, ratio=ratio, batch_size=batch_size)
-        for m in methods
-    ]
-    if spec.adapter is not None:  # a fine-tune: its runs sit beside the base model's, named apart
-        for method in built:
-            method.name = f"finetune-{method.name}"
-    return built
+        if spec.adapter is not None:  # a fine-tune: its runs sit beside the base model's, named apart
+            for method in built:
+                method.name = f"finetune-{method.name}"
+        return built
 
 
 def _bind_run(folder: Path, method, extra: dict) -> None:
@@ -122,21 +161,19 @@ def longbench(
     backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
 ) -> None:
     """Predict LongBench with each method (resumable), score it like the official eval.py, print the table."""
-    from selfctx.eval.longbench import run_longbench
+    from selfctx.checks import check_out_folder, check_positive
+    from selfctx.eval.longbench import check_data_dir, check_datasets, run_longbench
     from selfctx.eval.scoring import ENGLISH_DATASETS
 
-    names = _csv(datasets) or list(ENGLISH_DATASETS)
-    for m in _load_methods(
-        model,
-        _csv(method),
-        experts=experts,
-        window=window,
-        ratio=ratio,
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-        backend=backend,
-    ):
+    names = check_datasets(_csv(datasets) or list(ENGLISH_DATASETS))
+    check_data_dir(data_dir, names)
+    check_positive(limit, "--limit")
+    check_positive(max_length, "--max-length")
+    check_out_folder(out)
+    methods = _Methods(
+        model, _csv(method), experts, window, ratio, dtype, device, backend, batch_size
+    ).check()
+    for m in methods.load():
         folder = out / m.name
         # datasets may be added (a prediction file each); what shapes a prediction may not change
         settings = {"benchmark": "longbench", "limit": limit, "max_length": max_length}
@@ -188,31 +225,21 @@ def needle(
     backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
 ) -> None:
     """Needle-in-a-haystack grid (lengths x depths): results.json and heatmap.png per method."""
+    from selfctx.checks import check_out_folder, parse_numbers
     from selfctx.eval.needle import NeedleGrid, load_haystack, run_needle
 
-    try:
-        grid = NeedleGrid(
-            lengths=tuple(int(v) for v in _csv(lengths)),
-            depths=tuple(float(v) for v in _csv(depths)),
-            variant=variant,
-            samples=samples,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-        )
-    except ValueError as exc:
-        raise SelfctxError(f"bad --lengths or --depths ({exc}): give comma-separated numbers") from None
+    grid = NeedleGrid(  # checks its values
+        lengths=tuple(parse_numbers(lengths, "--lengths", int)),
+        depths=tuple(parse_numbers(depths, "--depths")),
+        variant=variant,
+        samples=samples,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    check_out_folder(out)
+    methods = _Methods(model, _csv(method), experts, window, ratio, dtype, device, backend, 1).check()
     text = load_haystack(haystack)
-    for m in _load_methods(
-        model,
-        _csv(method),
-        experts=experts,
-        window=window,
-        ratio=ratio,
-        dtype=dtype,
-        device=device,
-        batch_size=1,
-        backend=backend,
-    ):
+    for m in methods.load():
         folder = out / m.name
         settings = {"benchmark": "needle", "haystack": str(haystack.resolve()), "grid": asdict(grid)}
         _bind_run(folder, m, {**settings, **_source_settings(model, experts, dtype, backend)})
@@ -255,28 +282,29 @@ def synthetic(
 ) -> None:
     """Held-out synthetic checks (multi-hop, consistency, updates, key-value retrieval) over lengths x depths:
     synthetic.json, synthetic.jsonl (resumable) and synthetic.png per method."""
-    from selfctx.eval.synthetic import CHECKS, load_distractors, run_synthetic_checks
+    from selfctx.checks import check_out_folder, parse_numbers
+    from selfctx.eval.synthetic import CHECKS, SyntheticGrid, load_distractors, run_synthetic_checks
     from selfctx.synth.lengths import parse_length
 
-    try:
-        grid_lengths = [parse_length(v) for v in _csv(lengths)]
-        grid_depths = [float(v) for v in _csv(depths)]
-    except ValueError as exc:
-        raise SelfctxError(f"bad --depths ({exc}): give comma-separated numbers between 0 and 1") from None
+    grid_lengths = [parse_length(v) for v in _csv(lengths)]
+    grid_depths = parse_numbers(depths, "--depths")
+    check_names = _csv(checks) or list(CHECKS)
+    SyntheticGrid(  # checks its values (run_synthetic_checks builds the same one)
+        lengths=tuple(grid_lengths),
+        depths=tuple(grid_depths),
+        checks=tuple(check_names),
+        samples=samples,
+        seed=seed,
+        hops=hops,
+        records=records,
+        max_new_tokens=max_new_tokens,
+        exclude_from=tuple(str(p) for p in exclude_from or ()),
+    )
+    check_out_folder(out)
+    methods = _Methods(model, _csv(method), experts, window, ratio, dtype, device, backend, 1).check()
     passages = load_distractors(pool)
-    for m in _load_methods(
-        model,
-        _csv(method),
-        experts=experts,
-        window=window,
-        ratio=ratio,
-        dtype=dtype,
-        device=device,
-        batch_size=1,
-        backend=backend,
-    ):
+    for m in methods.load():
         folder = out / m.name
-        check_names = _csv(checks) or list(CHECKS)
         grid = {
             "lengths": grid_lengths,
             "depths": grid_depths,

@@ -52,14 +52,27 @@ def command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
     """Generate with a compressed context; prints the answer and which expert read it."""
-    from selfctx.compress import CompressedLM, Memory
+    from selfctx.checks import check_device, check_dtype, check_file, check_out_folder, check_positive
+    from selfctx.compress.memory import check_memory_folder
+    from selfctx.compress.model import check_compression_args
+    from selfctx.models import resolve_model
 
+    # every argument is checked before the model loads and before anything is written
     if (context is None) == (memory is None):
         raise SelfctxError("pass exactly one of --context FILE or --memory DIR")
-    if context is not None and not context.is_file():
-        raise SelfctxError(f"context file {context} does not exist")
-    if experts is not None and not experts.is_dir():
-        raise SelfctxError(f"expert folder {experts} does not exist: pass the folder `selfctx train` wrote")
+    check_file(context, "--context", "an existing text file")
+    if memory is not None:
+        check_memory_folder(memory, "--memory")
+    check_dtype(dtype)
+    check_device(device)
+    check_positive(max_new_tokens, "--max-new-tokens")
+    check_positive(temperature, "--temperature", minimum=0)
+    check_compression_args(experts, window=window, native_context=native_context, ratio=ratio)
+    check_out_folder(save_memory, "--save-memory")
+    resolve_model(model)
+
+    from selfctx.compress import CompressedLM, Memory
+
     lm = CompressedLM.from_pretrained(
         model, experts=experts, window=window, native_context=native_context, dtype=dtype, device=device
     )

@@ -219,12 +219,7 @@ class ExpertBattery(nn.Module):
     def load(folder: str | Path, model: Any) -> ExpertBattery:
         """Load a saved battery for `model`; shapes are checked against it."""
         folder = Path(folder)
-        index = folder / "battery.json"
-        if not index.is_file():
-            raise SelfctxError(
-                f"{folder} is not an expert directory (no battery.json): pass the folder train wrote"
-            )
-        meta = json.loads(index.read_text())
+        meta = read_battery_meta(folder)
         layers = model.model.layers
         embedding, _ = _init_embedding(model, None)
         subfolders = (
@@ -258,6 +253,23 @@ class ExpertBattery(nn.Module):
         battery.mechanism = dict(meta.get("mechanism") or {})
         battery.requires_grad_(False)
         return battery
+
+
+def read_battery_meta(folder: str | Path, name: str = "expert folder") -> dict[str, Any]:
+    """battery.json of an expert folder (kind, ratios, mechanism), read without loading any weights."""
+    index = Path(folder) / "battery.json"
+    if not index.is_file():
+        raise SelfctxError(
+            f"{name} {folder} is not an expert directory (no battery.json): pass the folder `selfctx train` "
+            "wrote (OUTPUT/experts)"
+        )
+    try:
+        meta = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SelfctxError(f"{name} {folder}: battery.json is not valid JSON: copy it again") from None
+    if not isinstance(meta, dict) or not meta.get("ratios"):
+        raise SelfctxError(f"{name} {folder}: battery.json names no ratios: train or copy it again")
+    return meta
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,7 @@ class Memory:
     @staticmethod
     def load(path: str | Path, device: str | torch.device = "cpu") -> Memory:
         folder = Path(path)
-        meta, weights = folder / "memory.json", folder / "memory.safetensors"
-        if not meta.is_file() or not weights.is_file():
-            raise SelfctxError(
-                f"{folder} holds no saved memory (memory.json + memory.safetensors): save one first"
-            )
+        meta, weights = check_memory_folder(folder)
         data: dict[str, Any] = json.loads(meta.read_text())
         if data.get("format_version") != FORMAT_VERSION:
             raise SelfctxError(
@@ -97,3 +93,14 @@ class Memory:
             for i in range(info.num_layers)
         ]
         return Memory(layers=layers, tail_ids=tensors["tail_ids"], info=info)
+
+
+def check_memory_folder(folder: str | Path, name: str = "memory folder") -> tuple[Path, Path]:
+    """(memory.json, memory.safetensors) of a saved memory, checked without reading them."""
+    meta, weights = Path(folder) / "memory.json", Path(folder) / "memory.safetensors"
+    if not meta.is_file() or not weights.is_file():
+        raise SelfctxError(
+            f"{name} {folder} holds no saved memory (memory.json + memory.safetensors): save one first "
+            "(generate --save-memory)"
+        )
+    return meta, weights

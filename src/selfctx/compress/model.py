@@ -102,8 +102,11 @@ def check_compression_args(
             )
     if ratio is not None and ratio != 1 and ratio not in available:
         raise SelfctxError(
-            f"--ratio {ratio} has no expert: use 1 (no compression) or one of {', '.join(map(str, available))}"
+            f"--ratio {ratio} has no expert: use 1 (no compression) or one of "
+            f"{', '.join(map(str, available))}"
         )
+
+
 LOSS_CHUNK = 1024  # labelled tokens per logits chunk in forward_train
 
 

@@ -64,9 +64,26 @@ def check_datasets(names: Sequence[str]) -> list[str]:
     unknown = [n for n in names if n not in ENGLISH_DATASETS]
     if unknown:
         raise SelfctxError(
-            f"unknown LongBench dataset(s) {', '.join(unknown)}: pick from {', '.join(ENGLISH_DATASETS)}"
+            f"unknown LongBench dataset(s) {', '.join(unknown)} (--datasets): pick from "
+            f"{', '.join(ENGLISH_DATASETS)}"
         )
     return list(names)
+
+
+def check_data_dir(data_dir: str | Path | None, names: Sequence[str]) -> None:
+    """`data_dir` holds <dataset>.jsonl for each of `names` (None: the hub, checked when read)."""
+    if data_dir is None:
+        return
+    if not Path(data_dir).is_dir():
+        raise SelfctxError(
+            f"--data-dir {data_dir} is not a folder: unpack LongBench's data.zip and pass its data/ folder"
+        )
+    missing = [n for n in names if not (Path(data_dir) / f"{n}.jsonl").is_file()]
+    if missing:
+        raise SelfctxError(
+            f"--data-dir {data_dir} lacks {', '.join(f'{n}.jsonl' for n in missing)}: put LongBench's files "
+            "there (from its data.zip) or pick other --datasets"
+        )
 
 
 # ----------------------------------------------------------------------------- data

@@ -298,13 +298,26 @@ class NeedleGrid:
     max_length: int = 1_000_000  # the runner's own cap; a method's input_limit may lower it
     options: dict[str, Any] = field(default_factory=dict)  # make_task keyword arguments
 
+    def __post_init__(self) -> None:
+        """A grid that cannot run is refused when it is made (before any model loads or folder is made)."""
+        from selfctx.checks import check_fractions, check_positive
+
+        if self.variant not in VARIANTS:
+            raise SelfctxError(
+                f"unknown needle variant {self.variant!r} (--variant): pick one of {', '.join(VARIANTS)}"
+            )
+        if not self.lengths:
+            raise SelfctxError("--lengths is empty: give comma-separated context lengths in tokens")
+        for length in self.lengths:
+            check_positive(length, "--lengths")
+        check_fractions(self.depths, "--depths (needle depths)")
+        check_positive(self.samples, "--samples")
+        check_positive(self.max_new_tokens, "--max-new-tokens")
+        check_positive(self.max_length, "max_length")
+
 
 def run_needle(method: Method, haystack: str, grid: NeedleGrid, out_dir: str | Path) -> dict[str, Any]:
     """Every (length, depth, sample) cell once: needle.jsonl (resumable), results.json, heatmap.png."""
-    if grid.variant not in VARIANTS:
-        raise SelfctxError(f"unknown needle variant {grid.variant!r}: pick one of {', '.join(VARIANTS)}")
-    if any(not 0 <= d <= 1 for d in grid.depths):
-        raise SelfctxError("needle depths are fractions of the context: give values between 0 and 1")
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     rows_path = folder / "needle.jsonl"

@@ -309,6 +309,32 @@ class SyntheticGrid:
     allow_repeat: bool = True  # small pools: distractors may repeat (recorded per row)
     exclude_from: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """A grid that cannot run is refused when it is made (before any model loads or folder is made)."""
+        from selfctx.checks import check_fractions, check_positive
+
+        unknown = [c for c in self.checks if c not in CHECKS]
+        if unknown or not self.checks:
+            raise SelfctxError(
+                f"unknown synthetic check(s) {', '.join(unknown) or '(none)'} (--checks): pick from "
+                f"{', '.join(CHECKS)}"
+            )
+        if not self.lengths:
+            raise SelfctxError("--lengths is empty: give comma-separated context lengths in tokens, like 4k")
+        for length in self.lengths:
+            check_positive(length, "--lengths")
+        check_fractions(self.depths, "--depths (depths of the answer's passage)")
+        check_positive(self.samples, "--samples")
+        check_positive(self.hops, "--hops")
+        check_positive(self.records, "--records")
+        check_positive(self.max_new_tokens, "--max-new-tokens")
+        check_positive(self.max_length, "max_length")
+        for source in self.exclude_from:
+            if not Path(source).exists():
+                raise SelfctxError(
+                    f"--exclude-from {source} does not exist: pass a synth dataset or pool folder to exclude"
+                )
+
     def fingerprint(self) -> str:
         """What makes a row's content: a folder written under another fingerprint is not resumed."""
         keys = {k: v for k, v in asdict(self).items() if k not in ("lengths", "depths", "checks", "samples")}
@@ -381,13 +407,6 @@ def run_synthetic_checks(
 
 
 def run_grid(method: Method, pool: Sequence[Passage], grid: SyntheticGrid, out: str | Path) -> dict[str, Any]:
-    unknown = [c for c in grid.checks if c not in CHECKS]
-    if unknown:
-        raise SelfctxError(f"unknown synthetic check(s) {', '.join(unknown)}: pick from {', '.join(CHECKS)}")
-    if any(not 0 <= d <= 1 for d in grid.depths):
-        raise SelfctxError("depths are fractions of the context: give values between 0 and 1")
-    if not grid.lengths or grid.samples < 1:
-        raise SelfctxError("give at least one length and one sample per cell")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     rows_path = folder / ROWS_FILE
