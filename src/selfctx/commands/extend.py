@@ -33,12 +33,13 @@ def command(
     ] = None,
 ) -> None:
     """Write data with the model, train the experts the target length needs, evaluate, write OUT/REPORT.md."""
+    from selfctx.checks import check_out_folder
     from selfctx.extend import STAGES, run_extend
 
+    # run_extend checks the budget, config and every stage's settings before it makes --out
     if from_stage is not None and from_stage not in STAGES:
         raise SelfctxError(f"unknown stage {from_stage!r} for --from: pick one of {', '.join(STAGES)}")
-    if out.exists() and not out.is_dir():
-        raise SelfctxError(f"--out {out} is a file: pass a folder (new or from an earlier run)")
+    check_out_folder(out)
     markers = run_extend(
         model,
         out,

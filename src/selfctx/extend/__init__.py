@@ -6,7 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfctx.extend.plan import BUDGETS, STAGES, ExtendConfig, Plan, load_extend_config, make_plan, ratio_plan
+from selfctx.extend.plan import (
+    BUDGETS,
+    STAGES,
+    ExtendConfig,
+    Plan,
+    check_plan,
+    load_extend_config,
+    make_plan,
+    ratio_plan,
+)
 
 
 def run_extend(
@@ -31,6 +40,7 @@ def run_extend(
         model, budget, target_length=target_length, config_file=config_file, overrides=overrides
     )
     plan = make_plan(cfg, folder)
+    check_plan(plan)  # nothing is written before every stage's settings are known to be usable
     command = command or f"selfctx extend --model {model} --out {out} --budget {budget}"
     log(
         f"plan: {cfg.model}, target {cfg.target_length:,} tokens, native {plan.native_context:,}, window "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from selfctx.checks import DTYPE_NAMES
 from selfctx.config import load_config, to_dict
 from selfctx.errors import SelfctxError
 from selfctx.eval.needle import VARIANTS
@@ -70,6 +71,8 @@ class EvalSettings:
             raise ValueError(f"eval.variant {self.variant!r} is not one of {', '.join(VARIANTS)}")
         if self.grid_points < 1 or self.samples < 1 or self.max_new_tokens < 1 or self.answer_budget < 1:
             raise ValueError("eval.grid_points, samples, max_new_tokens and answer_budget must be >= 1")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"eval.dtype {self.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
         if self.prompt_margin < 0:
             raise ValueError(f"eval.prompt_margin must be >= 0 tokens, got {self.prompt_margin}")
         if not self.depths or any(not 0 <= d <= 1 for d in self.depths):
@@ -336,3 +339,36 @@ def make_plan(cfg: ExtendConfig, out: Path, *, native_of_model: int | None = Non
             f"needle length {lengths[-1]} exceeds the target length {cfg.target_length}: lower eval.lengths"
         )
     return Plan(cfg, out, native, ratios, synth, experts, lengths)
+
+
+def baseline_gguf(cfg: ExtendConfig) -> str | None:
+    """The GGUF file the truncation baseline runs on through llama.cpp (eval.baseline_backend), or None for
+    transformers; llamacpp with a model llama.cpp cannot run as it is is refused."""
+    backend = cfg.eval.baseline_backend
+    gguf = None
+    if backend != "hf" and cfg.model != TINY:
+        from selfctx.models import resolve_model
+
+        spec = resolve_model(cfg.model)
+        gguf = str(spec.gguf_path) if spec.runs_on_llamacpp else None
+    if backend == "llamacpp" and gguf is None:
+        raise SelfctxError(
+            f"eval.baseline_backend=llamacpp needs a .gguf model, not {cfg.model}: set it to hf or auto"
+        )
+    return gguf
+
+
+def check_plan(plan: Plan) -> None:
+    """What a later stage would refuse, checked before the first one starts (before the output folder is
+    made): the synth settings and backend, the training device and folder, the evaluation baseline."""
+    from selfctx.llm.factory import BACKENDS
+    from selfctx.train.loop import check_before_loading
+
+    plan.synth.validate()
+    if plan.synth.backend.lower() not in BACKENDS:
+        raise SelfctxError(
+            f"synth.backend {plan.synth.backend!r} is unknown: use one of {', '.join(BACKENDS)}"
+        )
+    # the training data is the synth stage's output: its paths are checked when the train stage starts
+    check_before_loading(plan.experts.model.name, plan.experts.loop, where="experts.")
+    baseline_gguf(plan.config)

@@ -222,21 +222,10 @@ def _held_out_synthetic(plan: Plan, methods: list[Any], folder: Path, out: Path)
 def baseline_method(plan: Plan, model: Any, tokenizer: Any) -> Any:
     """Truncation to the native window (capped), through transformers or llama.cpp (eval.baseline_backend)."""
     from selfctx.eval.methods import HFMethod, LlamaCppMethod
-    from selfctx.train.experts import TINY
+    from selfctx.extend.plan import baseline_gguf
 
     native = plan.native_context
-    backend = plan.config.eval.baseline_backend
-    gguf = None
-    if backend != "hf" and plan.config.model != TINY:
-        from selfctx.models import resolve_model
-
-        spec = resolve_model(plan.config.model)
-        gguf = str(spec.gguf_path) if spec.runs_on_llamacpp else None
-    if backend == "llamacpp" and gguf is None:
-        raise SelfctxError(
-            f"eval.baseline_backend=llamacpp needs a .gguf model, not {plan.config.model}: "
-            "set it to hf or auto"
-        )
+    gguf = baseline_gguf(plan.config)
     if gguf is not None:
         return LlamaCppMethod(gguf, tokenizer, name=f"truncate-{native}", limit=native, n_ctx=native)
     return HFMethod(model, tokenizer, name=f"truncate-{native}", limit=native)

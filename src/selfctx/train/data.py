@@ -78,7 +78,8 @@ def _source_files(source: DataSource) -> list[Path]:
         files = sorted((path / "data").glob("*.jsonl")) if path.is_dir() else []
         if not files:
             raise SelfctxError(
-                f"synth data {path} has no data/*.jsonl shards: pass the output folder of `selfctx synth`"
+                f"synth data {path} has no data/*.jsonl shards: pass the output folder of `selfctx synth` "
+                "in data.sources"
             )
         return files
     if source.kind == "chat":
@@ -92,6 +93,19 @@ def _source_files(source: DataSource) -> list[Path]:
             f"text data {path} is not a .txt/.jsonl file or a folder of them: fix data.sources"
         )
     return files
+
+
+def check_sources(cfg: DataConfig) -> None:
+    """Every source's files are there (they are read after the model loads): a bad data.sources path fails
+    before anything heavy is loaded or written."""
+    if not cfg.sources:
+        raise SelfctxError("no training data: set data.sources (kind synth|chat|text, path, weight)")
+    for source in cfg.sources:
+        if source.kind == "recall":
+            if source.path:  # facts hidden among the passages of a text source
+                _source_files(DataSource(kind="text", path=source.path))
+            continue
+        _source_files(source)
 
 
 # ------------------------------------------------------------------------------------------------ tokenizing

@@ -35,7 +35,7 @@ from selfctx.train import checkpoint as ckpt
 from selfctx.train.config import DataConfig, DataSource, LoopConfig, ModelSettings
 from selfctx.train.data import IGNORE_INDEX, MixBatches, build_mix
 from selfctx.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
-from selfctx.train.loop import Trainer, TrainResult
+from selfctx.train.loop import Trainer, TrainResult, check_before_loading
 
 TINY = "tiny"
 TINY_INIT = 0.2
@@ -70,6 +70,11 @@ class ExpertSettings:
             raise ValueError(f"experts.window {self.window} is not divisible by ratio {bad[0]}")
         if self.sink < 0:
             raise ValueError(f"experts.sink must be >= 0, got {self.sink}")
+        if self.native_context is not None and self.window >= self.native_context:
+            raise ValueError(
+                f"experts.window {self.window} must be smaller than experts.native_context "
+                f"{self.native_context}"
+            )
 
 
 @dataclass(frozen=True)
@@ -339,6 +344,7 @@ def run_experts(
     """
     from selfctx.models import resolve_dtype
 
+    check_before_loading(cfg.model.name, cfg.loop, cfg.data)
     info = init_distributed(cfg.loop.device)
     try:
         device = resolve_device(cfg.loop.device, info)
@@ -463,9 +469,12 @@ def _write_battery(cfg: ExpertsConfig, module: ExpertModule, target: Path, steps
 def snapshot_battery(cfg: ExpertsConfig, target: Path) -> dict[str, int]:
     """Write a loadable battery at `target` from each run's latest checkpoint, while training goes on; experts
     without a checkpoint stay untrained. Returns the step of each run folder (0: untrained)."""
+    from selfctx.checks import check_out_folder
     from selfctx.models import resolve_dtype
     from selfctx.train.distributed import resolve_device
 
+    check_before_loading(cfg.model.name, cfg.loop)
+    check_out_folder(target, "--snapshot")
     device = resolve_device(cfg.loop.device, DistInfo())
     model, tokenizer = load_base(cfg.model, cfg.loop.seed, device, resolve_dtype(cfg.loop.dtype, device.type))
     module = ExpertModule(build_compressed(cfg, model, tokenizer))

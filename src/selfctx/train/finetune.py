@@ -22,7 +22,7 @@ from selfctx.fsutil import write_json_atomic, write_text_atomic
 from selfctx.train.config import FinetuneConfig
 from selfctx.train.data import MixBatches, build_mix
 from selfctx.train.distributed import barrier, cleanup, init_distributed, resolve_device
-from selfctx.train.loop import Trainer, TrainResult
+from selfctx.train.loop import Trainer, TrainResult, check_before_loading
 from selfctx.train.objective import CausalLMObjective
 from selfctx.train.rope import apply_rope_scaling
 
@@ -149,6 +149,7 @@ def run_finetune(
     """Train (resuming from the latest checkpoint in cfg.loop.output_dir) and save OUTPUT/final on rank 0."""
     from selfctx.models import resolve_dtype
 
+    check_before_loading(cfg.model.name, cfg.loop, cfg.data)
     info = init_distributed(cfg.loop.device)
     try:
         device = resolve_device(cfg.loop.device, info)
