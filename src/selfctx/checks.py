@@ -15,11 +15,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal, get_args
 
 from selfctx.errors import SelfctxError
 
+# Choices the commands offer, as types typer shows in --help and enforces (one place each; light to import).
 # The dtype names every command accepts (selfctx.models.resolve_dtype maps them to torch dtypes).
-DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+DtypeName = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
+DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
+EvalBackend = Literal["hf", "llamacpp"]  # how `selfctx eval` runs a model
+SynthBackend = Literal["hf", "llamacpp", "openai"]  # what writes `selfctx synth`'s data
+Executor = Literal["local", "ray"]  # how `selfctx synth` schedules its work
+Budget = Literal["smoke", "cpu-hours", "gpu-hour", "paper"]  # `selfctx extend` presets
 _DEVICE = re.compile(r"^(cpu|cuda|mps|xpu)(:(\d+))?$")
 
 

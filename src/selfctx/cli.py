@@ -29,6 +29,27 @@ COMMANDS: list[tuple[str, str]] = [
     ("extend", "extend"),
 ]
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"selfctx {version('selfctx')}")
+        except PackageNotFoundError:  # run from a source tree without an install
+            typer.echo("selfctx (not installed: no version recorded)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Teach a language model to read contexts far longer than its window, with data it writes itself."""
+
+
 for verb, module_name in COMMANDS:
     module = importlib.import_module(f"selfctx.commands.{module_name}")
     if hasattr(module, "app"):

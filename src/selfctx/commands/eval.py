@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from selfctx.checks import DtypeName, EvalBackend
 from selfctx.errors import SelfctxError
 
 app = typer.Typer(
@@ -153,12 +154,14 @@ def longbench(
     ratio: Annotated[
         int | None, typer.Option(help="force one compression ratio (default: the router)")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16")] = "auto",
+    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 1,
-    backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
+    backend: Annotated[
+        EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")
+    ] = "hf",
 ) -> None:
     """Predict LongBench with each method (resumable), score it like the official eval.py, print the table."""
     from selfctx.checks import check_out_folder, check_positive
@@ -220,9 +223,11 @@ def needle(
     experts: Annotated[str | None, typer.Option()] = None,
     window: Annotated[int | None, typer.Option(help="compression window (default: as trained)")] = None,
     ratio: Annotated[int | None, typer.Option()] = None,
-    dtype: Annotated[str, typer.Option()] = "auto",
+    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
     device: Annotated[str | None, typer.Option()] = None,
-    backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
+    backend: Annotated[
+        EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")
+    ] = "hf",
 ) -> None:
     """Needle-in-a-haystack grid (lengths x depths): results.json and heatmap.png per method."""
     from selfctx.checks import check_out_folder, parse_numbers
@@ -276,9 +281,11 @@ def synthetic(
     experts: Annotated[str | None, typer.Option()] = None,
     window: Annotated[int | None, typer.Option(help="compression window (default: as trained)")] = None,
     ratio: Annotated[int | None, typer.Option()] = None,
-    dtype: Annotated[str, typer.Option()] = "auto",
+    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
     device: Annotated[str | None, typer.Option()] = None,
-    backend: Annotated[str, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")] = "hf",
+    backend: Annotated[
+        EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")
+    ] = "hf",
 ) -> None:
     """Held-out synthetic checks (multi-hop, consistency, updates, key-value retrieval) over lengths x depths:
     synthetic.json, synthetic.jsonl (resumable) and synthetic.png per method."""

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from selfctx.checks import Budget
 from selfctx.errors import SelfctxError
 
 
@@ -20,7 +21,7 @@ def command(
     target_length: Annotated[
         str | None, typer.Option(help="Longest input to read, e.g. 128k (default: the budget's).")
     ] = None,
-    budget: Annotated[str, typer.Option(help="smoke | cpu-hours | gpu-hour | paper")] = "smoke",
+    budget: Annotated[Budget, typer.Option(help="how much compute the whole run may take")] = "smoke",
     config: Annotated[
         Path | None,
         typer.Option(help="YAML over the budget: keys target_length, min_ratio, synth.*, experts.*, eval.*"),

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from selfctx.checks import DtypeName
 from selfctx.errors import SelfctxError
 
 
@@ -45,7 +46,7 @@ def command(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
     device: Annotated[
         str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda if available)")
     ] = None,

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from selfctx.checks import DtypeName
 from selfctx.errors import SelfctxError
 
 
@@ -53,7 +54,7 @@ def command(
         int, typer.Option(help="Tokens reserved for question + answer when routing.")
     ] = 512,
     served_name: Annotated[str | None, typer.Option(help="Model name reported by /v1/models.")] = None,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
     device: Annotated[
         str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda if available)")
     ] = None,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from selfctx.checks import Executor, SynthBackend
 from selfctx.errors import SelfctxError
 
 
@@ -19,7 +20,9 @@ def command(
         str | None,
         typer.Option(help="Model spec (default: embedded smollm2-135m; a .gguf, an HF dir) or served name."),
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="hf | llamacpp (default) | openai")] = None,
+    backend: Annotated[
+        SynthBackend | None, typer.Option(help="what writes the data (default: llamacpp)")
+    ] = None,
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible server URL (--backend openai).")
     ] = None,
@@ -63,7 +66,9 @@ def command(
             "docs_crossqa), padded with other documents' chunks; chunk size: --set chunk_tokens=384."
         ),
     ] = None,
-    executor: Annotated[str | None, typer.Option(help="local (default) | ray")] = None,
+    executor: Annotated[
+        Executor | None, typer.Option(help="how the work is scheduled (default: local)")
+    ] = None,
 ) -> None:
     """Write a long-context instruction dataset with the model itself: six tasks, padded to any length."""
     from selfctx.config import load_config

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from selfctx.checks import DTYPE_NAMES
+from selfctx.checks import DTYPE_NAMES, Budget
 from selfctx.config import load_config, to_dict
 from selfctx.errors import SelfctxError
 from selfctx.eval.needle import VARIANTS
@@ -24,7 +24,7 @@ from selfctx.synth.pipeline import SynthConfig
 from selfctx.train.experts import TINY, ExpertsConfig, recipe_sources
 
 STAGES = ("synth", "train", "eval", "report")
-BUDGETS = ("smoke", "cpu-hours", "gpu-hour", "paper")
+BUDGETS: tuple[str, ...] = get_args(Budget)
 
 
 @dataclass(frozen=True)

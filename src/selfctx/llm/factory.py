@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from selfctx.checks import SynthBackend
 from selfctx.errors import SelfctxError
 from selfctx.llm.base import LLM
 
-BACKENDS = ("hf", "llamacpp", "openai", "echo")
+BACKENDS: tuple[str, ...] = (*get_args(SynthBackend), "echo")  # echo: the tests' model-free backend
 DEFAULT_MODEL = "smollm2-135m"
 
 

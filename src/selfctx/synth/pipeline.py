@@ -16,8 +16,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from selfctx.checks import Executor
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
 from selfctx.llm.base import LLM, Completion
@@ -82,7 +83,7 @@ class SynthConfig:
             )
         if self.per_task < 1:
             raise SelfctxError(f"--per-task must be at least 1 (got {self.per_task})")
-        if self.executor not in ("local", "ray"):
+        if self.executor not in get_args(Executor):
             raise SelfctxError(f"unknown executor {self.executor!r}: use local or ray")
         self.length_spec()
 
