@@ -59,6 +59,10 @@ def scripted_answer(request: ChatRequest) -> str:
         return f"def combine_{k}(x, y):\n    return x {op} y"
     if "what does the function" in prompt:
         return "It combines its two arguments arithmetically and returns the result."
+    bridge = re.match(r"Write one sentence about (.+?) that mentions (.+?)\. Write only", prompt)
+    if bridge:
+        noun, detail = bridge.groups()
+        return f"The {noun} was once compared with {detail} by {rng.choice(WORDS)} makers."
     if prompt.startswith("Write "):
         return _write_passage(prompt, rng)
     if "Rewrite this passage" in prompt:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from selfctx.synth.parsing import first_question, salient_details, short_detail
+from selfctx.synth.parsing import (
+    first_question,
+    first_sentence,
+    insert_sentence,
+    salient_details,
+    short_detail,
+)
 
 
 @pytest.mark.parametrize(
@@ -40,3 +46,21 @@ def test_salient_details_are_names_and_numbers_the_passage_states() -> None:
     )
     assert salient_details(text) == ["Lake Tana", "Gondar", "Abebe Bikila", "1887", "3,400"]
     assert salient_details("Nothing here stands out. At all.") == []
+    listed = "The study:\n1. The rats slept.\n 2) They woke in 2023.\nCOVID-19 came; 7 of them ran."
+    assert salient_details(listed) == ["2023"]  # no list markers, single digits or parts of a name
+
+
+def test_first_sentence_skips_a_preamble_and_labels() -> None:
+    assert first_sentence('Here is the sentence:\n"The mill ground corn for Lyon. It closed."') == (
+        "The mill ground corn for Lyon."
+    )
+    assert first_sentence("Sentence: The mill stood by 1887 bridge") == "The mill stood by 1887 bridge"
+    assert first_sentence("  \n") == ""
+
+
+def test_insert_sentence_keeps_paragraphs() -> None:
+    text = "One. Two.\n\nThree."
+    assert insert_sentence(text, "New.", 0) == "One. New. Two.\n\nThree."
+    assert insert_sentence(text, "New.", 1) == "One. Two. New.\n\nThree."
+    assert insert_sentence(text, "New.", 2) == "One. Two.\n\nThree. New."
+    assert insert_sentence("No end", "New.", 5) == "No end New."

@@ -291,3 +291,57 @@ def test_multiqa_falls_back_to_a_stated_detail_when_the_reply_is_a_sentence(tmp_
         assert all(detail in passage for passage in gold)  # the link is in both relevant passages
         user = r["messages"][0]["content"]
         assert "Dear reader" not in user and user.rstrip().endswith("?")  # the question, not the greeting
+
+
+def test_multiqa_bridges_a_second_passage_that_leaves_the_detail_out(tmp_path: Path) -> None:
+    """SmolLM2-135M often leaves "Mention X." out of a 120-word passage: the model then writes one sentence
+    about the second noun that mentions X, inserted into the passage, so the link is in both passages; a
+    bridge sentence without X drops the item as ungrounded."""
+
+    def forgetful(request: ChatRequest) -> str:
+        prompt = request.messages[-1].content
+        if " Mention " in prompt:  # the second passage, written without its detail
+            detail = prompt.split(" Mention ")[1].split(".")[0].lower()
+            text = scripted_answer(ChatRequest.user(prompt.split(" Mention ")[0] + ".", request.sampling))
+            return " ".join(s for s in re.split(r"(?<=\.) ", text) if detail not in s.lower())
+        return scripted_answer(request)
+
+    run_synth(replace(CFG, tasks=("multiqa",)), tmp_path / "ok", llm=EchoLLM(forgetful, model_id="f"))
+    data = rows(tmp_path / "ok")
+    assert len(data) == 2
+    for r in data:
+        extra = json.loads(r["extra"])
+        assert extra["bridge_inserted"] is True
+        context = passages_in(r["messages"][0]["content"])
+        gold = [context[g] for g in r["gold_positions"]]
+        assert all(extra["shared_detail"] in passage for passage in gold)
+        assert "was once compared with " + extra["shared_detail"] in gold[1] + gold[0]
+
+    def no_bridge(request: ChatRequest) -> str:
+        if request.messages[-1].content.startswith("Write one sentence about"):
+            return "It is a fine thing that many people like very much."
+        return forgetful(request)
+
+    cfg = replace(CFG, tasks=("multiqa",), per_task=1, max_attempts_per_sample=2, retry_per_missing=0)
+    summary = run_synth(cfg, tmp_path / "bad", llm=EchoLLM(no_bridge, model_id="b"))
+    task = summary["stages"]["tasks"]["multiqa"]
+    assert task["kept"] == 0 and task["drop_details"] == {"ungrounded (passage 2 lacks the shared detail)": 2}
+    assert "multiqa" in summary["shortfalls"]
+
+
+def test_multiqa_detail_falls_back_to_the_passage_noun() -> None:
+    from selfctx.synth.tasks.base import TaskContext
+    from selfctx.synth.tasks.multiqa import mentions, pick_detail
+    from selfctx.synth.tokens import RegexTokenCounter
+    from selfctx.synth.types import Passage
+
+    text = "the copper lantern hung in the old harbor.\n1. it was lit every night.\n2. it burned oil."
+    passage = Passage("p", "copper lantern", "essay", text, 20)
+    ctx = TaskContext("multiqa", 0, 1, [passage], RegexTokenCounter())
+    reply = "This passage is a lovely and evocative description of a quiet evening by the sea."
+    assert pick_detail(reply, passage, ctx) == ("copper lantern", "noun")  # list markers are no details
+    assert pick_detail('Name: "harbor"', passage, ctx) == ("harbor", "model")
+    assert pick_detail(reply, replace(passage, noun="brass bell"), ctx) is None
+    assert mentions("The UK is far.", "UK's Scotland")  # half of the words; not the "s" of "UK's"
+    assert not mentions("Everyone's friend was there.", "UK's Scotland")
+    assert not mentions("A lake.", "Lake Tana Basin") and mentions("Lake Tana.", "Lake Tana Basin")

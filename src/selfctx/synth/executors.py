@@ -20,6 +20,7 @@ from selfctx.synth.pipeline import (
     make_counter,
     open_llm,
     pool_stage,
+    report_shortfalls,
     run_tasks,
     write_dataset,
 )
@@ -97,4 +98,5 @@ def run_synth_ray(
     )
     summary["executor"] = "ray"
     write_dataset(out, cfg, summary, command)
+    report_shortfalls(summary)
     return summary

@@ -82,10 +82,44 @@ def short_detail(text: str) -> str:
 
 # A capitalized word run not at a sentence start (after a lower-case word or a comma), or a number.
 _NAME_IN_SENTENCE = re.compile(r"(?<=[a-z,;] )[A-Z][A-Za-z'-]+(?: [A-Z][A-Za-z'-]+)*")
-_NUMBER = re.compile(r"\b\d[\d,]*(?:\.\d+)?\b")
+_NUMBER = re.compile(r"(?<![\w-])\d[\d,]*(?:\.\d+)?\b")
+_LIST_MARKER = re.compile(r"[ \t]*[.)]")
 
 
 def salient_details(text: str) -> list[str]:
-    """Names and numbers a passage states, in order of first appearance (no repeats)."""
-    found = _NAME_IN_SENTENCE.findall(text) + _NUMBER.findall(text)
-    return list(dict.fromkeys(found))
+    """Names and numbers a passage states, in order of first appearance (no repeats).
+
+    Numbers of one digit, list markers ("2." at a line start) and parts of a name ("COVID-19") are no
+    details: they link any two passages.
+    """
+    numbers = []
+    for match in _NUMBER.finditer(text):
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        marker = not text[line_start : match.start()].strip() and _LIST_MARKER.match(text, match.end())
+        if len(re.sub(r"\D", "", match.group(0))) >= 2 and not marker:
+            numbers.append(match.group(0))
+    return list(dict.fromkeys(_NAME_IN_SENTENCE.findall(text) + numbers))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a reply, past a preamble line ("Here is the sentence:"), without a label or
+    quotes; "" for an empty reply."""
+    for line in text.strip().splitlines():
+        line = line.strip().strip("*").strip()
+        if not line or line.endswith(":"):
+            continue
+        line = re.sub(r"^(?:Sentence|Answer)\s*[:：]\s*", "", line, flags=re.IGNORECASE).strip().strip('"')
+        return _SENTENCE_END.split(line, maxsplit=1)[0].strip().strip('"')
+    return ""
+
+
+def insert_sentence(text: str, sentence: str, choice: int) -> str:
+    """`text` with `sentence` inserted after one of its sentences (`choice` picks which; the text's own
+    spacing and paragraphs are kept)."""
+    text = text.strip()
+    ends = [m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)]
+    at = ends[choice % len(ends)]
+    return f"{text[:at]} {sentence}{text[at:]}"

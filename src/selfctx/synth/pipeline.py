@@ -6,13 +6,20 @@ done-markers, each task's samples are one shard `state/<task>.samples.jsonl` fol
 midway replays its finished calls and writes the same dataset as an uninterrupted run. The dataset itself
 (`data/train-*.jsonl`, card, histogram, config, manifest) is rewritten from the task shards by the length
 helper's DatasetWriter at the end. All randomness of item i of task t derives from (seed, t, i).
+
+Each task tries up to `per_task * max_attempts_per_sample` items; when that leaves it short, it gets one more
+round of `retry_per_missing` items (new seeds, nouns and passages) per missing sample. A task still short
+after that is named on stderr at the end of the run, with its kept count and main drop reasons, and listed
+under `shortfalls` in summary.json and the dataset card.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +67,7 @@ class SynthConfig:
     executor: str = "local"
     pool_shard_size: int = 16
     max_attempts_per_sample: int = 4
+    retry_per_missing: int = 6  # a task short after its attempts: one more round of this many per missing
     max_in_flight: int | None = None  # builders in flight (default: 4x the backend's preferred batch)
     from_docs: str | None = None  # a folder of txt/md/jsonl documents: chunk-and-stitch (synth.docs)
     chunk_tokens: int = 384  # --from-docs: most tokens per chunk (each fits one model call)
@@ -83,6 +91,11 @@ class SynthConfig:
             )
         if self.per_task < 1:
             raise SelfctxError(f"--per-task must be at least 1 (got {self.per_task})")
+        if self.max_attempts_per_sample < 1 or self.retry_per_missing < 0:
+            raise SelfctxError(
+                f"max_attempts_per_sample must be at least 1 and retry_per_missing at least 0 (got "
+                f"{self.max_attempts_per_sample} and {self.retry_per_missing})"
+            )
         if self.executor not in get_args(Executor):
             raise SelfctxError(f"unknown executor {self.executor!r}: use local or ray")
         self.length_spec()
@@ -126,7 +139,7 @@ def min_pool_tokens(spec: LengthSpec) -> int:
 
 @dataclass
 class TaskRun:
-    """Book-keeping for one task: which item indices are launched, kept, dropped."""
+    """Book-keeping for one task: which item indices are launched, kept, dropped (and at which step)."""
 
     name: str
     wanted: int
@@ -136,12 +149,29 @@ class TaskRun:
     drafts: dict[int, SampleDraft] = field(default_factory=dict)
     dropped: FilterCounts = field(default_factory=FilterCounts)
     duplicates: set[int] = field(default_factory=set)
+    drop_details: Counter[str] = field(default_factory=Counter)  # "reason (step)" -> items
+    retries: int = 0  # items added by the retry round
 
     def kept(self) -> list[int]:
         return sorted(i for i in self.drafts if i not in self.duplicates)
 
     def needs_more(self) -> bool:
         return len(self.kept()) + self.in_flight < self.wanted and self.launched < self.max_items
+
+    def add_retries(self, per_missing: int) -> bool:
+        """Once all first-round items are done and the task is short: one more round of `per_missing` items
+        per missing sample. Decided on finished items only, so the choice does not depend on batching."""
+        missing = self.wanted - len(self.kept())
+        if self.retries or missing <= 0 or self.in_flight or self.launched < self.max_items:
+            return False
+        self.retries = missing * per_missing
+        self.max_items += self.retries
+        return self.retries > 0
+
+    def count_drop(self, drop: Dropped) -> None:
+        self.dropped[drop.reason] += 1
+        detail = drop.detail if len(drop.detail) <= 60 else drop.detail[:57] + "..."
+        self.drop_details[f"{drop.reason} ({detail})" if detail else drop.reason] += 1
 
 
 def draft_key(draft: SampleDraft) -> str:
@@ -161,7 +191,8 @@ def build_drafts(
     """Run the task builders (all tasks interleaved, to keep the backend busy) until each has its drafts.
 
     The kept drafts are the first `per_task` non-dropped, non-duplicate items in index order, so the result
-    does not depend on batching: an item's outcome depends only on (seed, task, index).
+    does not depend on batching: an item's outcome depends only on (seed, task, index). A task still short
+    once its `per_task * max_attempts_per_sample` items are done gets its retry round (TaskRun.add_retries).
     """
     runs = {t: TaskRun(t, cfg.per_task, cfg.per_task * cfg.max_attempts_per_sample) for t in tasks}
 
@@ -180,7 +211,7 @@ def build_drafts(
         run = runs[name]
         run.in_flight -= 1
         if isinstance(outcome, Dropped):
-            run.dropped[outcome.reason] += 1
+            run.count_drop(outcome)
         else:
             run.drafts[i] = outcome
             if progress is not None:
@@ -196,9 +227,9 @@ def build_drafts(
                 key = draft_key(run.drafts[i])
                 if key in seen and i not in run.duplicates:
                     run.duplicates.add(i)
-                    run.dropped["duplicate"] += 1
+                    run.count_drop(Dropped("duplicate"))
                 seen.add(key)
-            again |= run.needs_more()
+            again |= run.add_retries(cfg.retry_per_missing) or run.needs_more()
         if not again:
             return runs
 
@@ -278,6 +309,7 @@ def run_synth(
     finally:
         if own_llm:
             llm.close()
+    report_shortfalls(summary)
     return summary
 
 
@@ -358,12 +390,38 @@ def run_tasks(
                 "kept": len(rows),
                 "wanted": cfg.per_task,
                 "attempted": run.launched,
+                "retries": run.retries,
                 "dropped": run.dropped.as_dict(),
+                "drop_details": dict(run.drop_details.most_common()),
                 "buckets": _count(r["bucket"] for r in rows),
                 "token_counts": [r["token_count"] for r in rows],
             }
             write_json_atomic(state_dir / f"{task}.json", summaries[task])  # the done-marker, after the data
     return summaries
+
+
+def shortfalls(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """task -> one line saying how far it fell short of its quota and why, for each task that did."""
+    lines = {}
+    for name, t in tasks.items():
+        if t["kept"] >= t["wanted"]:
+            continue
+        details = t.get("drop_details") or {r: n for r, n in t["dropped"].items() if n}
+        top = sorted(details.items(), key=lambda kv: -kv[1])[:3]
+        why = ", ".join(f"{reason} {n}" for reason, n in top) or "none recorded"
+        retries = t.get("retries", 0)
+        budget = f", {retries} of them retries" if retries else ""
+        lines[name] = (
+            f"task {name} fell short: kept {t['kept']} of {t['wanted']} after {t['attempted']} tries"
+            f"{budget}; main drops: {why} (more tries: --set retry_per_missing=N)"
+        )
+    return lines
+
+
+def report_shortfalls(summary: dict[str, Any]) -> None:
+    """One line on stderr per task that fell short of its quota, as the run ends."""
+    for line in summary.get("shortfalls", {}).values():
+        print(f"selfctx synth: {line}", file=sys.stderr, flush=True)
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -395,6 +453,7 @@ def build_summary(
         "length": cfg.length_spec().describe(),
         "stages": {"pool": pool_report.to_json(), "tasks": tasks},
         "samples": sum(t["kept"] for t in tasks.values()),
+        "shortfalls": shortfalls(tasks),
         "dropped_by_filter": dropped.as_dict(),
         "backend": backend_stats,
         "calls_this_run": throughput.calls,
@@ -426,6 +485,8 @@ def write_dataset(out: Path, cfg: SynthConfig, summary: dict[str, Any], command:
         "pool_passages": summary["stages"]["pool"]["passages"],
         "pool_tokens": summary["stages"]["pool"]["tokens"],
     }
+    if summary["shortfalls"]:
+        card["shortfalls"] = "; ".join(summary["shortfalls"].values())
     if command:
         card["command"] = command
     writer.finalize(to_dict(cfg), card)
