@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from synth_fakes import scripted_answer
+from typer.testing import CliRunner
 
+from selfctx.cli import app
 from selfctx.errors import SelfctxError
 from selfctx.llm.base import ChatRequest
 from selfctx.llm.echo import EchoLLM
@@ -64,7 +66,7 @@ def test_a_short_task_gets_one_bounded_retry_round_and_reaches_its_quota(tmp_pat
 
 
 def test_a_task_short_after_its_budget_is_named_on_stderr_and_in_the_summary(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def never(request: ChatRequest) -> str:
         if "Name one key detail" in request.messages[-1].content:
@@ -83,14 +85,17 @@ def test_a_task_short_after_its_budget_is_named_on_stderr_and_in_the_summary(
     )
     assert summary["shortfalls"] == {"multiqa": line}
     assert summary["stages"]["tasks"]["qa"]["kept"] == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"selfctx synth: {line}"  # the run's last words, one line
     assert json.loads((tmp_path / "summary.json").read_text())["shortfalls"] == {"multiqa": line}
     assert "task multiqa fell short" in (tmp_path / "README.md").read_text()
     # A rerun resumes from the done-markers and says it again.
     again = run_synth(cfg, tmp_path, llm=EchoLLM(never, model_id="never"))
     assert again["shortfalls"] == {"multiqa": line}
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"selfctx synth: {line}"
+    # The command ends by saying it: after its summary, the last line on stderr.
+    monkeypatch.setattr("selfctx.synth.pipeline.run_synth", lambda *args, **kwargs: again)
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "kept 0/2" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == f"selfctx synth: {line}"
 
 
 def test_retry_settings_are_checked(tmp_path: Path) -> None:

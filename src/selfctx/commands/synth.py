@@ -106,6 +106,9 @@ def command(
 
         summary = run_synth(cfg, out, command=_command_line())
     _print_summary(summary, out)
+    from selfctx.synth.pipeline import report_shortfalls
+
+    report_shortfalls(summary)  # last, so a task that fell short is what the run ends by saying
 
 
 def _as_plain(cfg: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from selfctx.synth.docs import (
     plan_item,
 )
 from selfctx.synth.filters import Dropped, FilterCounts, normalized_hash
-from selfctx.synth.pipeline import finished_tasks, report_shortfalls, shortfalls
+from selfctx.synth.pipeline import finished_tasks, shortfalls
 from selfctx.synth.scheduler import run_builders
 from selfctx.synth.seeds import derive_rng, derive_seed
 from selfctx.synth.stitch import DocDraft, stitch_sample
@@ -193,7 +193,6 @@ def run_from_docs(cfg: Any, out_dir: str | Path, llm: LLM | None = None, *,
     finally:
         if own_llm:
             llm.close()
-    report_shortfalls(summary)
     return summary
 
 

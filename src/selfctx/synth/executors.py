@@ -20,7 +20,6 @@ from selfctx.synth.pipeline import (
     make_counter,
     open_llm,
     pool_stage,
-    report_shortfalls,
     run_tasks,
     write_dataset,
 )
@@ -98,5 +97,4 @@ def run_synth_ray(
     )
     summary["executor"] = "ray"
     write_dataset(out, cfg, summary, command)
-    report_shortfalls(summary)
     return summary

@@ -309,7 +309,6 @@ def run_synth(
     finally:
         if own_llm:
             llm.close()
-    report_shortfalls(summary)
     return summary
 
 
@@ -419,7 +418,7 @@ def shortfalls(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 def report_shortfalls(summary: dict[str, Any]) -> None:
-    """One line on stderr per task that fell short of its quota, as the run ends."""
+    """One line on stderr per task that fell short of its quota (the CLI's last words)."""
     for line in summary.get("shortfalls", {}).values():
         print(f"selfctx synth: {line}", file=sys.stderr, flush=True)
 
