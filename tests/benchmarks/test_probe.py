@@ -61,3 +61,16 @@ def test_a_battery_without_the_asked_ratio_is_refused_before_any_model_loads(tmp
         _battery_settings(tmp_path, 8)
     with pytest.raises(SelfctxError, match="no battery.json"):
         _battery_settings(tmp_path / "missing", 4)
+
+
+def test_recall_items_end_where_the_answer_starts_and_hide_its_value_in_the_context() -> None:
+    from selfctx.bench.probe import recall_items
+
+    tokenizer = tiny_tokenizer()
+    items = recall_items(tokenizer, FILLER, 4, 300, 600)
+    assert len(items) == 4
+    for item in items:
+        value = tokenizer.decode(list(item.answer)).replace("<|im_end|>", "").strip()
+        assert value.isdigit() and 300 <= len(item.context) + len(item.answer) <= 600
+        assert value in tokenizer.decode(list(item.context))  # the fact is in what the memory reads
+        assert tokenizer.decode(list(item.context)).endswith("assistant\n")  # the question came before

@@ -197,6 +197,16 @@ def command(
     ratio: Annotated[int, typer.Option(help="The expert's compression ratio.")] = 4,
     window: Annotated[int, typer.Option(help="Compression window W (the passkey sits in the first).")] = 64,
     gap: Annotated[int, typer.Option(help="Filler windows between the passkey and the raw tail.")] = 0,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="passkey (the probe's items) | recall (held-out samples of the training recall source: "
+            "facts among the filler, keys to match; with --battery)"
+        ),
+    ] = "passkey",
+    lengths: Annotated[
+        str, typer.Option(help="Token range of --task recall items, e.g. 600-2000.")
+    ] = "600-2000",
     sink: Annotated[int, typer.Option(help="Raw sink tokens kept at position 0.")] = 1,
     memory_input: Annotated[str, typer.Option(help="shared | span_last")] = "span_last",
     objective: Annotated[str, typer.Option(help="lm | distill | mix")] = "mix",
@@ -215,6 +225,13 @@ def command(
         raise SelfctxError(f"--memory-input must be shared or span_last, got {memory_input!r}")
     if objective not in ("lm", "distill", "mix"):
         raise SelfctxError(f"--objective must be lm, distill or mix, got {objective!r}")
+    if task not in ("passkey", "recall"):
+        raise SelfctxError(f"--task must be passkey or recall, got {task!r}")
+    if task == "recall" and battery is None:
+        raise SelfctxError("--task recall scores a trained battery: pass --battery DIR")
+    low, _, high = lengths.partition("-")
+    if not (low.isdigit() and high.isdigit() and 0 < int(low) <= int(high)):
+        raise SelfctxError(f"--lengths must look like 600-2000, got {lengths!r}")
     if gap < 0 or steps < 0:
         raise SelfctxError(f"--gap and --steps must be >= 0, got {gap} and {steps}")
     if battery is not None:
@@ -234,9 +251,12 @@ def command(
     from selfctx.models import load_causal_lm
 
     base, tokenizer = load_causal_lm(model, dtype=dtype)
-    task = ProbeTask(tokenizer, texts, window, sink, gap=gap)
-    eval_rng = random.Random("probe-eval")
-    held_out = [task.item(eval_rng) for _ in range(items)]
+    probe_task = ProbeTask(tokenizer, texts, window, sink, gap=gap)
+    if task == "recall":
+        held_out = recall_items(tokenizer, texts, items, int(low), int(high))
+    else:
+        eval_rng = random.Random("probe-eval")
+        held_out = [probe_task.item(eval_rng) for _ in range(items)]
     rows = []
     for seed in seed_list:
         torch.manual_seed(seed)
@@ -255,7 +275,7 @@ def command(
             experts.to(device=base.device, dtype=base.dtype)
             lm = CompressedLM(base, tokenizer, experts, window=window, native_context=1024, sink=sink)
             started = time.perf_counter()
-            losses = _train(lm, task, model, ratio, objective, steps, batch, lr, seed) if steps else []
+            losses = _train(lm, probe_task, model, ratio, objective, steps, batch, lr, seed) if steps else []
             seconds = time.perf_counter() - started
             final_loss = losses[-1] if losses else None
         lm.eval()
@@ -268,7 +288,8 @@ def command(
             f"none {summary['none']['nll']:.2f} full {summary['full']['nll']:.2f} | exact right "
             f"{r['exact']:.2f} wrong {w['exact']:.2f} full {summary['full']['exact']:.2f} ({seconds:.0f} s)"
         )
-    settings: dict[str, Any] = {"model": model, "ratio": ratio, "window": window, "gap": gap, "sink": sink}
+    settings: dict[str, Any] = {"model": model, "task": task, "ratio": ratio, "window": window, "sink": sink}
+    settings.update({"lengths": lengths} if task == "recall" else {"gap": gap})
     if battery is not None:
         settings["battery"] = str(battery)
     else:
@@ -282,6 +303,22 @@ def command(
 
         write_json_atomic(out, result)
     typer.echo(json.dumps(result["settings"]))
+
+
+def recall_items(tokenizer: Any, texts: list[str], n: int, low: int, high: int) -> list[ProbeItem]:
+    """Held-out samples of the training `recall` source (seed 1; training draws seed 0): 1-3 facts hidden
+    among `texts`, a question about one; the item's answer is its labelled tokens."""
+    from selfctx.train.data import IGNORE_INDEX
+    from selfctx.train.recall import recall_examples
+
+    out = []
+    for example in recall_examples(tokenizer, n, low, high, seed=1, passages=texts):
+        first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+        answer = tuple(
+            t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX
+        )
+        out.append(ProbeItem(tuple(example.input_ids[:first]), answer))
+    return out
 
 
 def _battery_settings(folder: Path, ratio: int) -> dict[str, int]:
