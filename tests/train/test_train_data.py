@@ -132,3 +132,21 @@ def test_recall_with_passages_hides_a_fact_among_them_and_asks_for_it() -> None:
         answer = tok.decode([t for t in example.labels if t != IGNORE_INDEX]).replace("<|im_end|>\n", "")
         assert answer.isdigit() and f" {answer}." in text  # the value is stated in the context
         assert "Passage" in text and 300 <= len(example.input_ids) <= 900
+
+
+def test_repeat_samples_ask_for_the_stretch_they_hold_with_every_answer_token_a_target() -> None:
+    from selfctx.train.recall import repeat_examples
+
+    tok = tiny_tokenizer()
+    passages = [f"Passage {i} talks about rivers, hills and the old mill. " * 20 for i in range(5)]
+    examples = repeat_examples(tok, 6, 200, 600, 0, passages)
+    assert len(examples) == 6
+    for example in examples:
+        labelled = [t for t in example.labels if t != IGNORE_INDEX]
+        answer = tok.decode(labelled).replace("<|im_end|>\n", "")
+        text = tok.decode(list(example.input_ids))
+        stretch = text.split("<|im_start|>user\n", 1)[1].split("\n\nRepeat the text above word for word.")[0]
+        assert answer == stretch and len(labelled) > len(example.input_ids) // 3  # about half is target
+        assert 200 <= len(example.input_ids) <= 600
+    with pytest.raises(ValueError, match="needs a path"):
+        DataSource(kind="repeat")

@@ -69,16 +69,20 @@ class DataSource:
     with a `text` field (a `selfctx synth` pool folder works: the model's own passages), concatenated and cut
     into sequences of `data.max_tokens` (language modelling); `recall` = a built-in key -> value recall task
     generated in code (`max_samples_per_source` samples, default 64): without a path records only (smoke runs
-    and tests), with a text path facts hidden among those passages (see `selfctx.train.recall`).
+    and tests), with a text path facts hidden among those passages (see `selfctx.train.recall`); `repeat` =
+    a built-in reconstruction task on a text path: a stretch of a passage, then "repeat it word for word" and
+    the same stretch as the answer, so every token of the compressed text is a target (ICAE's autoencoding).
     """
 
-    kind: Literal["synth", "chat", "text", "recall"]
+    kind: Literal["synth", "chat", "text", "recall", "repeat"]
     path: str = ""
     weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
             raise ValueError(f"data source {self.path}: weight must be > 0, got {self.weight}")
+        if self.kind == "repeat" and not self.path:
+            raise ValueError("a repeat data source needs a path: the passages it repeats (a synth pool)")
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,8 @@ def check_sources(cfg: DataConfig) -> None:
     if not cfg.sources:
         raise SelfctxError("no training data: set data.sources (kind synth|chat|text, path, weight)")
     for source in cfg.sources:
-        if source.kind == "recall":
-            if source.path:  # facts hidden among the passages of a text source
+        if source.kind in ("recall", "repeat"):
+            if source.path:  # facts hidden among / stretches cut from the passages of a text source
                 _source_files(DataSource(kind="text", path=source.path))
             continue
         _source_files(source)
@@ -181,6 +181,18 @@ def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: Dat
             raise SelfctxError(
                 f"the recall task cannot make samples of {cfg.min_tokens}-{cfg.max_tokens} tokens: "
                 "widen the range"
+            )
+        return examples
+    if source.kind == "repeat":
+        from selfctx.train.recall import DEFAULT_SAMPLES, repeat_examples
+
+        n = cfg.max_samples_per_source or DEFAULT_SAMPLES
+        passages = text_documents(source.path)
+        examples = repeat_examples(tokenizer, n, cfg.min_tokens, cfg.max_tokens, 0, passages)
+        if not examples:
+            raise SelfctxError(
+                f"the repeat task cannot make samples of {cfg.min_tokens}-{cfg.max_tokens} tokens from "
+                f"{source.path}: widen the range or give longer passages"
             )
         return examples
     files = _source_files(source)

@@ -1,5 +1,6 @@
-"""A built-in key -> value recall task (data source kind `recall`): code words and their numbers spread over a
-long context, then a question about one of them, answer-only loss.
+"""Built-in retrieval-dense tasks. Kind `recall`: code words and their numbers spread over a long context,
+then a question about one of them, answer-only loss. Kind `repeat` (reconstruction): a stretch of a passage,
+then the same stretch as the answer, so every compressed token is a target.
 
 Without a path it needs no files and no model, so the `cpu-smoke` preset and the tests can train experts
 anywhere: the context is nothing but records. With a path (a passage pool of `selfctx synth`, .txt or .jsonl
@@ -144,4 +145,43 @@ def recall_examples(
                 out.append(Example(example.input_ids, example.labels, "recall"))
                 break
             chars = max(16, int(chars * target / max(1, n)))
+    return out
+
+
+_REPEAT = "Repeat the text above word for word."
+
+
+def repeat_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    n_samples: int,
+    min_tokens: int,
+    max_tokens: int,
+    seed: int,
+    passages: list[str],
+) -> list[Example]:
+    """`n_samples` reconstruction conversations of min_tokens..max_tokens tokens (lengths drawn uniformly):
+    a stretch of a passage, the instruction to repeat it, the stretch again as the answer. The stretch is
+    about half the sample, so its start lies in windows that are compressed when the answer is written."""
+    rng = random.Random(f"repeat-{seed}")
+    streams = [ids for ids in (tokenizer(p, add_special_tokens=False)["input_ids"] for p in passages) if ids]
+    if not streams:
+        return []
+    out: list[Example] = []
+    attempts = 0
+    while len(out) < n_samples and attempts < 4 * n_samples:
+        attempts += 1
+        target = rng.randint(min_tokens, max_tokens)
+        stream = streams[rng.randrange(len(streams))]
+        span = max(8, target // 2 - 16)  # the chat header and the instruction take the rest
+        if len(stream) <= span:
+            continue
+        start = rng.randrange(len(stream) - span)
+        text = str(tokenizer.decode(stream[start : start + span])).strip()
+        messages = [
+            {"role": "user", "content": f"{text}\n\n{_REPEAT}"},
+            {"role": "assistant", "content": text},
+        ]
+        example = tokenize_chat(tokenizer, messages)
+        if example is not None and min_tokens <= len(example.input_ids) <= max_tokens:
+            out.append(Example(example.input_ids, example.labels, "repeat"))
     return out
