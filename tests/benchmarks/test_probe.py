@@ -46,9 +46,11 @@ def test_evaluate_reads_right_wrong_none_and_full_for_an_untrained_expert() -> N
     task = ProbeTask(tokenizer, FILLER, WINDOW, SINK, gap=1)
     items = [task.item(random.Random(i)) for i in range(3)]
     summary = evaluate(lm, 4, items)
+    paired = summary.pop("right_minus_wrong")
     assert set(summary) == {"right", "wrong", "none", "full"}
     for reading in summary.values():
         assert math.isfinite(reading["nll"]) and reading["nll"] > 0 and 0 <= reading["exact"] <= 1
+    assert paired["nll"] == pytest.approx(summary["right"]["nll"] - summary["wrong"]["nll"])
     # the readings differ: "full" reads the whole item raw, "none" only the sink and the tail
     assert summary["full"]["nll"] != summary["none"]["nll"]
 

@@ -141,7 +141,8 @@ def _answer_nll(
 
 
 def evaluate(lm: Any, ratio: int, items: list[ProbeItem]) -> dict[str, dict[str, float]]:
-    """Mean answer NLL per token (with its standard error) and exact rate for right/wrong/none/full."""
+    """Mean answer NLL per token (with its standard error) and exact rate for right/wrong/none/full, and the
+    paired difference right - wrong per item."""
     import torch
 
     from selfctx.compress.engine import LayerMemory, empty_memory
@@ -166,15 +167,19 @@ def evaluate(lm: Any, ratio: int, items: list[ProbeItem]) -> dict[str, dict[str,
             results["full"].append(_answer_nll(lm, empty, list(item.context), item.answer, None))
     summary = {}
     for name, rows in results.items():
-        nlls = [r[0] for r in rows]
-        mean = sum(nlls) / len(nlls)
-        var = sum((x - mean) ** 2 for x in nlls) / max(1, len(nlls) - 1)
-        summary[name] = {
-            "nll": mean,
-            "nll_stderr": math.sqrt(var / len(nlls)),
-            "exact": sum(r[1] for r in rows) / len(rows),
-        }
+        mean, stderr = _mean_stderr([r[0] for r in rows])
+        summary[name] = {"nll": mean, "nll_stderr": stderr, "exact": sum(r[1] for r in rows) / len(rows)}
+    # paired per item (same tail, same answer): the memory's own effect, free of the items' spread
+    gaps = [r[0] - w[0] for r, w in zip(results["right"], results["wrong"], strict=True)]
+    mean, stderr = _mean_stderr(gaps)
+    summary["right_minus_wrong"] = {"nll": mean, "nll_stderr": stderr}
     return summary
+
+
+def _mean_stderr(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((x - mean) ** 2 for x in values) / max(1, len(values) - 1)
+    return mean, math.sqrt(var / len(values))
 
 
 def _filler_texts(path: Path) -> list[str]:
@@ -285,6 +290,8 @@ def command(
         r, w = summary["right"], summary["wrong"]
         typer.echo(
             f"seed {seed}: NLL/token right {r['nll']:.2f}±{r['nll_stderr']:.2f} wrong {w['nll']:.2f} "
+            f"(paired right-wrong {summary['right_minus_wrong']['nll']:+.2f}"
+            f"±{summary['right_minus_wrong']['nll_stderr']:.2f}) "
             f"none {summary['none']['nll']:.2f} full {summary['full']['nll']:.2f} | exact right "
             f"{r['exact']:.2f} wrong {w['exact']:.2f} full {summary['full']['exact']:.2f} ({seconds:.0f} s)"
         )
