@@ -26,7 +26,7 @@ def test_a_differing_or_missing_setting_is_named(tmp_path: Path) -> None:
     with pytest.raises(SelfctxError, match=r"max_length=4096, this one has max_length=8000") as err:
         bind_run(folder, {"name": "full", "max_length": 8000})
     assert "\n" not in str(err.value)
-    with pytest.raises(SelfctxError, match=r"dtype=\(not recorded\), this one has dtype=\"float32\""):
+    with pytest.raises(SelfctxError, match=r"does not record dtype \(an older selfctx wrote it\)"):
         bind_run(folder, {"name": "full", "max_length": 4096, "dtype": "float32"})
     assert json.loads((folder / "run.json").read_text()) == {"name": "full", "max_length": 4096}
 

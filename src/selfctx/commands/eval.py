@@ -120,13 +120,20 @@ def _bind_run(folder: Path, method, extra: dict) -> None:
     bind_run(folder, {**describe(method), **extra})
 
 
-def _source_settings(model: str, experts: str | None, dtype: str, backend: str) -> dict:
-    return {
-        "model_spec": model,
-        "experts": str(Path(experts).resolve()) if experts else None,
-        "dtype": dtype,
-        "backend": backend,
-    }
+def _source_settings(method, model: str, experts: str | None, dtype: str, backend: str) -> dict:
+    """What made the method's outputs besides its description: the model as resolved (the same model named
+    from another folder or by another alias is the same run), the battery for a compressed method only."""
+    from selfctx.eval.methods import CompressedMethod
+    from selfctx.models import EMBEDDED_ALIASES, EMBEDDED_MODEL
+
+    path = Path(model).expanduser()
+    identity = str(path.resolve()) if path.exists() else model
+    if model.lower() in EMBEDDED_ALIASES:
+        identity = EMBEDDED_MODEL
+    settings: dict[str, str | None] = {"model_spec": identity, "dtype": dtype, "backend": backend}
+    if isinstance(method, CompressedMethod):
+        settings["experts"] = str(Path(experts).resolve()) if experts else None
+    return settings
 
 
 @app.command("longbench")
@@ -180,7 +187,7 @@ def longbench(
         folder = out / m.name
         # datasets may be added (a prediction file each); what shapes a prediction may not change
         settings = {"benchmark": "longbench", "limit": limit, "max_length": max_length}
-        _bind_run(folder, m, {**settings, **_source_settings(model, experts, dtype, backend)})
+        _bind_run(folder, m, {**settings, **_source_settings(m, model, experts, dtype, backend)})
         report = run_longbench(
             m, names, folder, data_dir=data_dir, limit=limit, max_length=max_length, batch_size=batch_size
         )
@@ -247,7 +254,7 @@ def needle(
     for m in methods.load():
         folder = out / m.name
         settings = {"benchmark": "needle", "haystack": str(haystack.resolve()), "grid": asdict(grid)}
-        _bind_run(folder, m, {**settings, **_source_settings(model, experts, dtype, backend)})
+        _bind_run(folder, m, {**settings, **_source_settings(m, model, experts, dtype, backend)})
         summary = run_needle(m, text, grid, folder)
         typer.echo(
             json.dumps({k: summary[k] for k in ("method", "variant", "mean_score", "score_by_length_depth")})
@@ -324,7 +331,7 @@ def synthetic(
             "max_new_tokens": max_new_tokens,
         }
         settings = {"benchmark": "synthetic", "pool": str(pool.resolve()), "grid": grid}
-        _bind_run(folder, m, {**settings, **_source_settings(model, experts, dtype, backend)})
+        _bind_run(folder, m, {**settings, **_source_settings(m, model, experts, dtype, backend)})
         summary = run_synthetic_checks(
             m,
             pool=passages,

@@ -26,6 +26,12 @@ def bind_run(folder: Path, settings: dict[str, Any]) -> None:
     run_file = folder / RUN_FILE
     if run_file.is_file():
         recorded = json.loads(run_file.read_text())
+        missing = sorted(set(wanted) - set(recorded))
+        if missing:  # a record from before these settings were kept: nothing to compare them with
+            raise SelfctxError(
+                f"{folder} holds a run whose run.json does not record {', '.join(missing)} (an older selfctx "
+                "wrote it): pass another --out to start a fresh run"
+            )
         for key in sorted(set(wanted) | set(recorded)):
             old, new = recorded.get(key, _MISSING), wanted.get(key, _MISSING)
             if old != new:
