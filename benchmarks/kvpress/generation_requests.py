@@ -145,6 +145,7 @@ def export(args: argparse.Namespace) -> None:
 def collect(args: argparse.Namespace) -> list[Path]:
     """Every method folder of OUT whose predictions are complete, scored by selfctx's runner."""
     from selfctx.eval.run_folder import bind_run
+    from selfctx.fsutil import write_json_atomic
     from selfctx.models import load_tokenizer
 
     described = json.loads((args.out / press_io.EXPORT_FILE).read_text(encoding="utf-8"))
@@ -164,10 +165,10 @@ def collect(args: argparse.Namespace) -> list[Path]:
             "benchmark": described["benchmark"],
             "grid": described["grid"],
             "press": {k: settings.get(k) for k in ("press", "compression_ratio", "question_aware", "ratio")},
-            "seconds_per_item": settings["seconds_per_item"],
-            "versions": settings.get("versions"),
         }
-        bind_run(folder, run)
+        bind_run(folder, run)  # what made the answers; timing and versions describe a run, not its settings
+        timing = {"seconds_per_item": settings["seconds_per_item"], "versions": settings.get("versions")}
+        write_json_atomic(folder / "timing.json", timing)
         summary = _run(described["benchmark"], described["grid"], method, folder)
         print(f"{settings['method']}: mean score {summary['mean_score']} -> {folder}")
         folders.append(folder)
