@@ -81,7 +81,7 @@ def test_a_task_short_after_its_budget_is_named_on_stderr_and_in_the_summary(
     assert task["drop_details"] == {"refusal": 10}
     line = (
         "task multiqa fell short: kept 0 of 2 after 10 tries, 6 of them retries; main drops: refusal 10 "
-        "(more tries: --set retry_per_missing=N)"
+        f"(more tries: delete {tmp_path / 'state' / 'multiqa'}.* and rerun with --set retry_per_missing=N)"
     )
     assert summary["shortfalls"] == {"multiqa": line}
     assert summary["stages"]["tasks"]["qa"]["kept"] == 2

@@ -399,7 +399,7 @@ def run_tasks(
     return summaries
 
 
-def shortfalls(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
+def shortfalls(tasks: dict[str, dict[str, Any]], out: Path | None = None) -> dict[str, str]:
     """task -> one line saying how far it fell short of its quota and why, for each task that did."""
     lines = {}
     for name, t in tasks.items():
@@ -410,10 +410,13 @@ def shortfalls(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
         why = ", ".join(f"{reason} {n}" for reason, n in top) or "none recorded"
         retries = t.get("retries", 0)
         budget = f", {retries} of them retries" if retries else ""
-        lines[name] = (
+        line = (
             f"task {name} fell short: kept {t['kept']} of {t['wanted']} after {t['attempted']} tries"
-            f"{budget}; main drops: {why} (more tries: --set retry_per_missing=N)"
+            f"{budget}; main drops: {why}"
         )
+        if out is not None:  # a finished task is not rerun: its state files must go for more tries to apply
+            line += f" (more tries: delete {out / 'state' / name}.* and rerun with --set retry_per_missing=N)"
+        lines[name] = line
     return lines
 
 
@@ -452,7 +455,7 @@ def build_summary(
         "length": cfg.length_spec().describe(),
         "stages": {"pool": pool_report.to_json(), "tasks": tasks},
         "samples": sum(t["kept"] for t in tasks.values()),
-        "shortfalls": shortfalls(tasks),
+        "shortfalls": shortfalls(tasks, out),
         "dropped_by_filter": dropped.as_dict(),
         "backend": backend_stats,
         "calls_this_run": throughput.calls,
