@@ -163,15 +163,15 @@ def repeat_examples(
     a stretch of a passage, the instruction to repeat it, the stretch again as the answer. The stretch is
     about half the sample, so its start lies in windows that are compressed when the answer is written."""
     rng = random.Random(f"repeat-{seed}")
-    streams = [ids for ids in (tokenizer(p, add_special_tokens=False)["input_ids"] for p in passages) if ids]
-    if not streams:
-        return []
+    # one stream of all passages (a pool's passages are a few hundred tokens; a stretch may span several)
+    stream: list[int] = []
+    for passage in passages:
+        stream.extend(tokenizer(passage + "\n\n", add_special_tokens=False)["input_ids"])
     out: list[Example] = []
     attempts = 0
     while len(out) < n_samples and attempts < 4 * n_samples:
         attempts += 1
         target = rng.randint(min_tokens, max_tokens)
-        stream = streams[rng.randrange(len(streams))]
         span = max(8, target // 2 - 16)  # the chat header and the instruction take the rest
         if len(stream) <= span:
             continue
