@@ -314,17 +314,22 @@ def command(
 
 def recall_items(tokenizer: Any, texts: list[str], n: int, low: int, high: int) -> list[ProbeItem]:
     """Held-out samples of the training `recall` source (seed 1; training draws seed 0): 1-3 facts hidden
-    among `texts`, a question about one; the item's answer is its labelled tokens."""
+    among `texts`, a question about one; the item's answer is the value's tokens."""
     from selfctx.train.data import IGNORE_INDEX
     from selfctx.train.recall import recall_examples
 
+    special = set(tokenizer.all_special_ids)
     out = []
     for example in recall_examples(tokenizer, n, low, high, seed=1, passages=texts):
         first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
-        answer = tuple(
-            t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX
-        )
-        out.append(ProbeItem(tuple(example.input_ids[:first]), answer))
+        pairs = zip(example.input_ids, example.labels, strict=True)
+        answer = [token for token, label in pairs if label != IGNORE_INDEX]
+        # score the value's own tokens, as the passkey task does: not the turn's closing tokens, nearly free
+        while answer and (answer[-1] in special or not tokenizer.decode([answer[-1]]).strip()):
+            answer.pop()
+        out.append(ProbeItem(tuple(example.input_ids[:first]), tuple(answer)))
+    if len(out) < 2:
+        raise SelfctxError(f"--task recall made {len(out)} items of {low}-{high} tokens: widen --lengths")
     return out
 
 
