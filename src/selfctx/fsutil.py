@@ -35,8 +35,8 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        honour_umask(tmp)  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            honour_umask(tmp)  # mkstemp's 0600 would survive the rename
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

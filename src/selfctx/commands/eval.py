@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-BACKENDS = ("hf", "llamacpp")
+BACKENDS: tuple[str, ...] = get_args(EvalBackend)
 METHOD_HELP = "truncate (native window), full (full attention up to --max-length), compressed (CompressedLM)"
 
 

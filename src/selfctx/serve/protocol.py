@@ -42,7 +42,7 @@ REFUSED: tuple[Refusal, ...] = (
     Refusal("tool_choice", lambda v: v in (None, "none"), _NO_TOOLS),
     Refusal("functions", _empty, _NO_TOOLS),
     Refusal("function_call", lambda v: v in (None, "none"), _NO_TOOLS),
-    Refusal("parallel_tool_calls", lambda v: v is None, _NO_TOOLS),
+    Refusal("parallel_tool_calls", lambda v: v is None or v is False, _NO_TOOLS),
     Refusal(
         "response_format",
         lambda v: v is None or v == {"type": "text"},

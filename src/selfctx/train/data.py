@@ -99,7 +99,9 @@ def check_sources(cfg: DataConfig) -> None:
     """Every source's files are there (they are read after the model loads): a bad data.sources path fails
     before anything heavy is loaded or written."""
     if not cfg.sources:
-        raise SelfctxError("no training data: set data.sources (kind synth|chat|text, path, weight)")
+        raise SelfctxError(
+            "no training data: set data.sources (kind synth|chat|text|recall|repeat, path, weight)"
+        )
     for source in cfg.sources:
         if source.kind in ("recall", "repeat"):
             if source.path:  # facts hidden among / stretches cut from the passages of a text source
@@ -327,7 +329,9 @@ class DataMix:
 
 def build_mix(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> DataMix:
     if not cfg.sources:
-        raise SelfctxError("no training data: set data.sources (kind synth|chat|text, path, weight)")
+        raise SelfctxError(
+            "no training data: set data.sources (kind synth|chat|text|recall|repeat, path, weight)"
+        )
     loaded = [load_source(source, tokenizer, cfg) for source in cfg.sources]
     start = cfg.ramp_start_tokens or cfg.min_tokens
     return DataMix(loaded, [s.weight for s in cfg.sources], seed, cfg.ramp_samples, start)
