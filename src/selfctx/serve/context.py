@@ -20,6 +20,9 @@ If not even the last word fits, (a) is kept and the request is refused for its q
 "<document>\\n<question>" or "<document> <question>" compress the document, so the same document with another
 question (one line or one sentence) has the same context and reuses its memory. A question of several
 sentences written on the document's line keeps only its last sentence raw: start it on a new line.
+Known limit: the rule that applies depends on the question's length and max_tokens, so when a document's last
+paragraph plus one question fits (a) and the next question does not, the two get different contexts and the
+second compresses again (preferring a split whose memory is already held is not done yet).
 
 Text completions (`/v1/completions`): with `context_id` the registered text is the context and the prompt the
 question; otherwise the same rule splits the prompt, the separator staying with the question (the model reads
