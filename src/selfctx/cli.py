@@ -61,13 +61,30 @@ for verb, module_name in COMMANDS:
 def main() -> None:
     """Entry point: user errors end in one line on stderr and exit 2, never a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except SelfctxError as exc:
         print(f"selfctx: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("selfctx: interrupted (rerun the same command to resume)", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # click's usage errors (an unknown option, command or choice; a missing argument), whichever click
+        # typer bundles: one line too, not click's multi-line box
+        message = getattr(exc, "format_message", None)
+        if callable(message) and getattr(exc, "exit_code", None) == 2:
+            text = message()
+            context = getattr(exc, "ctx", None)
+            if not text and context is not None:  # a group called bare: its help, as click would show
+                print(context.get_help())
+            else:
+                print(f"selfctx: error: {text} (see --help)", file=sys.stderr)
+            sys.exit(2)
+        raise
     except KeyboardInterrupt:
         print("selfctx: interrupted (rerun the same command to resume)", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
