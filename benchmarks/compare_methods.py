@@ -71,12 +71,19 @@ def _finetune_method(folder: str) -> Any:
     return HFMethod(tuned, tokenizer, name="finetune-yarn", limit=None)
 
 
-def _bind(folder: Path, method: Any, settings: dict[str, Any]) -> None:
-    """The folder's run.json: what the report reads, and the settings a resume must match."""
+def _bind(folder: Path, method: Any, settings: dict[str, Any], args: argparse.Namespace) -> None:
+    """The folder's run.json: what the report reads, and the settings a resume must match — with the
+    batteries, window and native context every compressed method here is built from."""
     from selfctx.eval.methods import describe
     from selfctx.eval.run_folder import bind_run
 
-    bind_run(folder, {**describe(method), **settings})
+    batteries = (spec.partition("=") for spec in args.experts)
+    sources = {
+        "experts": sorted(f"{name}={Path(where).resolve()}" for name, _, where in batteries),
+        "window": args.window,
+        "native_context": args.native_context,
+    }
+    bind_run(folder, {**describe(method), **settings, **sources})
 
 
 def _run_synthetic(args: argparse.Namespace, method: Any) -> Path:
@@ -91,7 +98,7 @@ def _run_synthetic(args: argparse.Namespace, method: Any) -> Path:
         "samples": args.synthetic_samples,
         "exclude_from": [str(p) for p in args.exclude_from or ()],
     }
-    _bind(folder, method, {"benchmark": "synthetic", "pool": str(args.synthetic), "grid": grid})
+    _bind(folder, method, {"benchmark": "synthetic", "pool": str(args.synthetic), "grid": grid}, args)
     started = time.perf_counter()
     summary = run_synthetic_checks(
         method,
@@ -169,7 +176,7 @@ def main() -> None:
             folder = args.out / "needle" / method.name
             folders.append(folder)
             settings = {"benchmark": "needle", "haystack": str(args.haystack), "grid": asdict(grid)}
-            _bind(folder, method, settings)
+            _bind(folder, method, settings, args)
             started = time.perf_counter()
             summary = run_needle(method, text, grid, folder)
             print(
