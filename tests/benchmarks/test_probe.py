@@ -61,7 +61,7 @@ def test_a_battery_without_the_asked_ratio_is_refused_before_any_model_loads(tmp
     assert _battery_settings(tmp_path, 4) == {"window": 64, "sink": 1}
     with pytest.raises(SelfctxError, match="no x8 expert"):
         _battery_settings(tmp_path, 8)
-    with pytest.raises(SelfctxError, match="no battery.json"):
+    with pytest.raises(SelfctxError, match=r"no battery\.json"):
         _battery_settings(tmp_path / "missing", 4)
 
 

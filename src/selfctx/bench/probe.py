@@ -335,10 +335,9 @@ def recall_items(tokenizer: Any, texts: list[str], n: int, low: int, high: int) 
 
 def _battery_settings(folder: Path, ratio: int) -> dict[str, int]:
     """Window and sink a battery folder was trained with; a clear error before any model loads."""
-    meta_path = folder / "battery.json"
-    if not meta_path.is_file():
-        raise SelfctxError(f"--battery {folder} has no battery.json: pass a folder written by selfctx train")
-    meta = json.loads(meta_path.read_text())
+    from selfctx.compress.battery import read_battery_meta
+
+    meta = read_battery_meta(folder, "--battery")
     if ratio not in meta.get("ratios", []):
         have = meta.get("ratios")
         raise SelfctxError(f"--battery {folder} has no x{ratio} expert (it has {have}): pick one of those")
