@@ -1,6 +1,8 @@
-"""One GPU run of the winning recipe: train SmolLM2 experts x8, x4, x16, x32 (the smollm2-cpu preset's recipe,
-bf16, bigger batches) and score them on the needle as 4-way multiple choice against full attention, truncation
-to the capped native window and the untrained expert with the same mechanism. Sized for one H200 in ~8 min.
+"""One GPU run of the winning recipe: train SmolLM2 experts (the smollm2-cpu preset's recipe, bf16, bigger
+batches; x8, x4, x16, x32 by default) for a fixed time, then score them on the needle as 4-way multiple
+choice against full attention, truncation to the capped native window and the untrained expert with the same
+mechanism, all methods on the same items, a chunk at a time until the evaluation's time is up. Sized for one
+H200 in ~8 min.
 
 Here (CPU), once:
     ../shared/tools/stage-smollm2                         # .gpu-stage/part00, part01, sha256, whl
@@ -9,7 +11,9 @@ On the device machine (two calls, the second within ~30 s of the first):
     carry [".gpu-stage/part00"]:  mkdir -p ~/m && cp .gpu-stage/part00 ~/m/
     carry [".gpu-stage/part01", ".gpu-stage/sha256", ".gpu-stage/whl", ".gpu-stage/data"]:
         bash benchmarks/gpu/run_h200.sh
-Results: $OUT/results.json, results.md, train_logs.json. The tests run `main` on a tiny model on CPU.
+Results: $OUT/results.json, results.md, train_logs.json (rewritten after every chunk, so a killed run still
+returns what it scored), battery.tar.gz (the experts as trained), train.tar.gz (each run's latest checkpoint
+and log: `selfctx train` resumes from it). The tests run `main` on a tiny model on CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,7 @@ def train(args: argparse.Namespace) -> Path:
         f"loop.grad_accum_steps={args.accum}",
         f"loop.dtype={args.dtype}",
         f"loop.save_every={max(1, args.steps // 4)}",
+        f"loop.time_limit_s={args.train_seconds}",
         f"data.ramp_samples={args.steps * args.micro_batch * args.accum // 2}",
         *args.set,
     ]
@@ -62,16 +68,44 @@ def train(args: argparse.Namespace) -> Path:
         cfg, data=replace(cfg.data, sources=recipe_sources(args.data / "synth", args.data / "pool"))
     )
     result = run_experts(cfg)
-    assert result.experts_dir is not None
-    return result.experts_dir
+    if result.experts_dir is not None:
+        return result.experts_dir
+    # stopped by the time limit: the weights it reached, as a loadable battery
+    target = args.work / "battery-at-time-limit"
+    shutil.rmtree(target, ignore_errors=True)
+    battery: Any = result.compressed.battery
+    battery.save(target)
+    return target
 
 
-def evaluate(args: argparse.Namespace, experts: Path) -> dict[str, Any]:
+def pack(args: argparse.Namespace, experts: Path) -> None:
+    """The battery and each run's latest checkpoint (with its log) into $OUT as two archives."""
+    import tarfile
+
+    from selfctx.train import checkpoint as ckpt
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(args.out / "battery.tar.gz", "w:gz") as tar:
+        tar.add(experts, arcname="battery")
+    with tarfile.open(args.out / "train.tar.gz", "w:gz") as tar:
+        for run in sorted((args.work / "train").glob("r*")):
+            latest = ckpt.latest(run)
+            for path in [run / "train_log.jsonl", run / "train_config.json", *([latest] if latest else [])]:
+                if path.exists():
+                    tar.add(path, arcname=f"train/{run.name}/{path.relative_to(run)}")
+            if latest is not None:
+                pointer = run / "checkpoints" / "latest.json"
+                tar.add(pointer, arcname=f"train/{run.name}/{pointer.relative_to(run)}")
+
+
+def evaluate(
+    args: argparse.Namespace, experts: Path, on_rows: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     import torch
 
     from selfctx.compress import CompressedLM
     from selfctx.eval.needle import load_haystack
-    from selfctx.eval.needle_mc import make_items, score_items
+    from selfctx.eval.needle_mc import make_items, score_items, summarize
     from selfctx.train.config import ModelSettings
     from selfctx.train.experts import load_base
 
@@ -94,33 +128,62 @@ def evaluate(args: argparse.Namespace, experts: Path) -> dict[str, Any]:
     )
     haystack = load_haystack(args.haystack)
     truncate = trained.native_context
+    methods = {  # the trained experts first: if time runs short, what the run exists for is scored
+        "experts": (trained, None, None),
+        "full": (raw, 1, None),
+        f"truncate-{truncate}": (trained, 1, truncate),
+        "untrained": (untrained, None, None),
+    }
     rows: dict[str, Any] = {}
+    deadline = time.perf_counter() + args.eval_seconds
     for length in args.lengths:
         items = make_items(tokenizer, haystack, length, args.items, seed=0)
-        methods = {
-            "full": (raw, 1, None),
-            f"truncate-{truncate}": (trained, 1, truncate),
-            "untrained": (untrained, None, None),
-            "experts": (trained, None, None),
-        }
-        for name, (lm, ratio, cut) in methods.items():
-            started = time.perf_counter()
-            with torch.no_grad():
-                result = score_items(lm, items, ratio=ratio, truncate=cut, answer_budget=args.answer_budget)
-            n = len(tokenizer(items[0].context)["input_ids"])
-            routed = lm.route_for(n, args.answer_budget).ratio if ratio is None else 1
-            rows[f"{name}@{length}"] = {
-                "method": name,
-                "length": length,
-                "ratio": routed,
-                "seconds": round(time.perf_counter() - started, 1),
-                **result,
-            }
-            print(
-                f"{length:>6} {name:<16} x{routed:<3} acc {result['acc']:.3f} ± {result['acc_stderr']:.3f}",
-                flush=True,
-            )
+        n = len(tokenizer(items[0].context)["input_ids"])
+        scored: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
+        seconds = dict.fromkeys(methods, 0.0)
+        # every method on the same chunk before the next one, so the rows stay paired when time runs out
+        for first in range(0, len(items), args.chunk):
+            if first > 0 and time.perf_counter() > deadline:  # the first chunk always runs
+                print(f"evaluation time is up: {first} of {len(items)} items at {length}", flush=True)
+                break
+            for name, (lm, ratio, cut) in methods.items():
+                started = time.perf_counter()
+                with torch.no_grad():
+                    part = score_items(
+                        lm, items[first : first + args.chunk], ratio=ratio, truncate=cut,
+                        answer_budget=args.answer_budget,
+                    )  # fmt: skip
+                seconds[name] += time.perf_counter() - started
+                scored[name] += part["per_item"]
+            for name, (lm, ratio, _) in methods.items():
+                result = summarize(scored[name])
+                routed = lm.route_for(n, args.answer_budget).ratio if ratio is None else 1
+                rows[f"{name}@{length}"] = {
+                    "method": name, "length": length, "ratio": routed, "seconds": round(seconds[name], 1),
+                    **result,
+                }  # fmt: skip
+                print(
+                    f"{length:>6} {name:<16} x{routed:<3} acc {result['acc']:.3f}"
+                    f" ± {result['acc_stderr']:.3f} ({result['items']} items)",
+                    flush=True,
+                )
+            on_rows(rows)
     return rows
+
+
+def write_results(out: Path, rows: dict[str, Any], summary: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({**summary, "rows": rows}, indent=1))
+    lines = [
+        "| length | method | ratio | accuracy % | ± stderr | items | s |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['length']} | {r['method']} | {r['ratio']} | {100 * r['acc']:.1f} "
+            f"| {100 * r['acc_stderr']:.1f} | {r['items']} | {r['seconds']} |"
+        )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--dtype", default="bfloat16")
     run.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[4000, 8000])
     run.add_argument("--items", type=int, default=100)
+    run.add_argument("--chunk", type=int, default=10, help="items each method scores before the time check")
+    run.add_argument("--train-seconds", type=float, default=300, help="training stops, checkpointed")
+    run.add_argument("--eval-seconds", type=float, default=180, help="no new chunk starts after this")
     run.add_argument(
         "--answer-budget", type=int, default=128, help="question + answer tokens the router keeps"
     )
@@ -156,27 +222,21 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     experts = train(args)
     trained_s = time.perf_counter() - started
-    rows = evaluate(args, experts)
-    args.out.mkdir(parents=True, exist_ok=True)
+    pack(args, experts)
     logs = {
         run.name: [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line]
         for run in sorted((args.work / "train").glob("r*"))
         if (run / "train_log.jsonl").is_file()
     }
-    summary = {"train_seconds": round(trained_s, 1), "total_seconds": round(time.perf_counter() - started, 1)}
-    (args.out / "results.json").write_text(json.dumps({**summary, "rows": rows}, indent=1))
     (args.out / "train_logs.json").write_text(json.dumps(logs))
-    lines = [
-        "| length | method | ratio | accuracy % | ± stderr | items | s |",
-        "|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows.values():
-        lines.append(
-            f"| {r['length']} | {r['method']} | {r['ratio']} | {100 * r['acc']:.1f} "
-            f"| {100 * r['acc_stderr']:.1f} | {r['items']} | {r['seconds']} |"
-        )
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), json.dumps(summary), sep="\n")
+
+    def summary() -> dict[str, Any]:
+        total = time.perf_counter() - started
+        return {"train_seconds": round(trained_s, 1), "total_seconds": round(total, 1)}
+
+    rows = evaluate(args, experts, lambda rows: write_results(args.out, rows, summary()))
+    write_results(args.out, rows, summary())
+    print((args.out / "results.md").read_text(), json.dumps(summary()), sep="\n")
 
 
 if __name__ == "__main__":

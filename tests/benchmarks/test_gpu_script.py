@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import tarfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "experts_h200.py"
@@ -52,3 +53,38 @@ def test_gpu_run_trains_every_ratio_and_scores_every_method(tmp_path: Path) -> N
     logs = json.loads((out / "train_logs.json").read_text())
     assert set(logs) == {"r2", "r4", "r8"} and all(len(v) == 2 for v in logs.values())
     assert "| 300 | experts |" in (out / "results.md").read_text()
+    with tarfile.open(out / "train.tar.gz") as tar:
+        names = tar.getnames()
+    assert {"train/r8/train_log.jsonl", "train/r8/checkpoints/latest.json"} <= set(names)
+    assert any(n.startswith("train/r8/checkpoints/step-000002/") for n in names)
+    with tarfile.open(out / "battery.tar.gz") as tar:
+        assert "battery/battery.json" in tar.getnames()
+
+
+def test_a_run_stopped_by_its_time_limit_scores_the_weights_it_reached(tmp_path: Path) -> None:
+    script = load_script()
+    stage = tmp_path / "stage"
+    (stage / "pool").mkdir(parents=True)
+    texts = [{"text": f"{i}: {PASSAGE}"} for i in range(6)]
+    (stage / "pool" / "passages-00000.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+    (stage / "synth" / "data").mkdir(parents=True)
+    row = {"messages": [{"role": "user", "content": PASSAGE}, {"role": "assistant", "content": "Dawn."}]}
+    (stage / "synth" / "data" / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    (stage / "haystack").mkdir()
+    (stage / "haystack" / "a.txt").write_text(PASSAGE * 20)
+    out = tmp_path / "out"
+    geometry = ["experts.window=32", "experts.native_context=160", "experts.group_tokens=512",
+                "data.min_tokens=16", "data.max_tokens=200", "data.max_samples_per_source=8",
+                "experts.rank=4"]  # fmt: skip
+    script.main(
+        ["run", "--model", "tiny", "--data", str(stage), "--haystack", str(stage / "haystack"),
+         "--out", str(out), "--work", str(tmp_path / "work"), "--ratios", "[4]", "--steps", "50",
+         "--micro-batch", "1", "--dtype", "float32", "--lengths", "300", "--items", "4", "--chunk", "2",
+         "--train-seconds", "1e-6", "--eval-seconds", "1e-6", "--answer-budget", "32",
+         *[a for s in geometry for a in ("--set", s)]]
+    )  # fmt: skip
+    logs = json.loads((out / "train_logs.json").read_text())
+    assert [row["step"] for row in logs["r4"]] == [1]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    # the first chunk always runs; the deadline stops the second, for every method alike
+    assert {r["items"] for r in rows.values()} == {2} and len(rows) == 4

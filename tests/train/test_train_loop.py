@@ -58,6 +58,18 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path: Path, synth_dir: 
     assert [row["step"] for row in log] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_time_limit_checkpoints_the_step_it_stops_at_and_the_rerun_continues_exactly(
+    tmp_path: Path, synth_dir: Path
+) -> None:
+    run_finetune(tiny_cfg(tmp_path / "a", synth_dir))  # uninterrupted
+    first = run_finetune(tiny_cfg(tmp_path / "b", synth_dir, "loop.time_limit_s=1e-6"))
+    assert first.final_dir is None and first.train.step == 1  # save_every is 2: step 1 saved for the limit
+    second = run_finetune(tiny_cfg(tmp_path / "b", synth_dir))
+    assert second.train.resumed_from == 1
+    a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_gradient_accumulation_matches_a_larger_micro_batch(tmp_path: Path, synth_dir: Path) -> None:
     big = run_finetune(
         tiny_cfg(tmp_path / "a", synth_dir, "loop.micro_batch_size=4", "lora.dropout=0.0", "loop.max_steps=3")

@@ -106,6 +106,12 @@ def score_items(
         )
         best = max(range(len(scores)), key=lambda k: scores[k][0])
         per_item.append({"depth": item.depth, "correct": best == item.label})
+    return summarize(per_item)
+
+
+def summarize(per_item: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and its standard error over scored items (rows of score_items' `per_item`, possibly merged
+    from several calls)."""
     acc = sum(r["correct"] for r in per_item) / len(per_item)
     stderr = math.sqrt(acc * (1 - acc) / max(1, len(per_item) - 1))  # lm-eval's sample stderr of the mean
     return {"acc": acc, "acc_stderr": stderr, "items": len(per_item), "per_item": per_item}

@@ -42,6 +42,8 @@ class LoopConfig:
     device: str | None = None  # None: cuda if available (cuda:<local rank> under torchrun), else cpu
     gradient_checkpointing: bool = False
     save_every: int = 50  # optimizer steps between checkpoints (the last step is always saved)
+    # stop at the first step past this many seconds of one sitting, checkpointed (the same command resumes)
+    time_limit_s: float | None = None
     keep_checkpoints: int = 2
     log_every: int = 1
     tensorboard: bool = False
@@ -58,6 +60,8 @@ class LoopConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s}")
 
 
 @dataclass(frozen=True)

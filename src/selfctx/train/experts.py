@@ -240,12 +240,16 @@ class ExpertsResult:
 
 
 def recipe_sources(synth: str | Path, pool: str | Path) -> list[DataSource]:
-    """The smollm2-cpu recipe's data mix over one run's own data (the preset's YAML spells out the same):
-    facts hidden among the model's passages, its synthetic task samples, its passages as plain text."""
+    """The smollm2-cpu preset's data mix (its YAML is the one place it is written) over one run's own data:
+    task samples from `synth`, the model's passages (facts hidden among them, plain text) from `pool`."""
+    from importlib import resources
+
+    import yaml
+
+    preset = resources.files("selfctx.train") / "presets" / "experts-smollm2-cpu.yaml"
+    rows = yaml.safe_load(preset.read_text(encoding="utf-8"))["data"]["sources"]
     return [
-        DataSource(kind="recall", path=str(pool), weight=0.5),
-        DataSource(kind="synth", path=str(synth), weight=0.3),
-        DataSource(kind="text", path=str(pool), weight=0.2),
+        DataSource(row["kind"], str(synth if row["kind"] == "synth" else pool), row["weight"]) for row in rows
     ]
 
 

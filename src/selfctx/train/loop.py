@@ -243,6 +243,7 @@ class Trainer:
         board = _tensorboard(self.output_dir) if cfg.tensorboard and self.dist.is_main else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        sitting = time.perf_counter()
         try:
             while step < cfg.max_steps:
                 started = time.perf_counter()
@@ -281,7 +282,9 @@ class Trainer:
                     bar.update(1)
                 if self.on_step is not None:
                     self.on_step(step, loss)
-                if step % cfg.save_every == 0 or step == cfg.max_steps:
+                limit = cfg.time_limit_s
+                out_of_time = limit is not None and time.perf_counter() - sitting >= limit
+                if step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time:
                     self._save(
                         step,
                         {
@@ -292,7 +295,7 @@ class Trainer:
                             "world": self.dist.world,
                         },
                     )
-                if stop_after is not None and step >= stop_after:
+                if out_of_time or (stop_after is not None and step >= stop_after):
                     break
         finally:
             if bar is not None:
