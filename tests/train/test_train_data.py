@@ -134,6 +134,28 @@ def test_recall_with_passages_hides_a_fact_among_them_and_asks_for_it() -> None:
         assert "Passage" in text and 300 <= len(example.input_ids) <= 900
 
 
+def test_dense_recall_hides_facts_in_proportion_to_length_and_asks_each_in_its_own_turn() -> None:
+    from selfctx.train.recall import recall_examples
+
+    tok = tiny_tokenizer()
+    passages = [f"Passage {i} talks about rivers and hills in some detail." * 3 for i in range(10)]
+    examples = recall_examples(tok, 6, 400, 1200, seed=0, passages=passages, facts_per_1k=5)
+    assert len(examples) == 6
+    for example in examples:
+        text = tok.decode(list(example.input_ids))
+        context, *turns = text.split("<|im_start|>assistant\n")
+        answers = [turn.split("<|im_end|>")[0] for turn in turns]
+        n = len(example.input_ids)
+        assert abs(len(answers) - 5 * n / 1000) <= 2.5  # ~5 facts per 1K tokens (the target, not the result)
+        assert len(set(answers)) == len(answers) and all(a.isdigit() and f" {a}." in context for a in answers)
+        labelled = tok.decode([t for t in example.labels if t != IGNORE_INDEX])
+        assert labelled.replace("<|im_end|>\n", "") == "".join(answers)  # every answer a target, nothing else
+    with pytest.raises(ValueError, match="facts_per_1k"):
+        DataSource(kind="recall", facts_per_1k=2)  # no passages to hide them among
+    with pytest.raises(ValueError, match="facts_per_1k"):
+        DataSource(kind="text", path="p", facts_per_1k=2)
+
+
 def test_repeat_samples_ask_for_the_stretch_they_hold_with_every_answer_token_a_target() -> None:
     from selfctx.train.recall import repeat_examples
 

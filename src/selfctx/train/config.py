@@ -76,17 +76,25 @@ class DataSource:
     and tests), with a text path facts hidden among those passages (see `selfctx.train.recall`); `repeat` =
     a built-in reconstruction task on a text path: a stretch of a passage, then "repeat it word for word" and
     the same stretch as the answer, so every token of the compressed text is a target (ICAE's autoencoding).
+    `facts_per_1k` (recall with a path only): dense recall, that many facts per 1,000 tokens of the sample (at
+    least one), every one asked in a turn of its own, instead of 1-3 facts with one asked.
     """
 
     kind: Literal["synth", "chat", "text", "recall", "repeat"]
     path: str = ""
     weight: float = 1.0
+    facts_per_1k: float | None = None
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
             raise ValueError(f"data source {self.path}: weight must be > 0, got {self.weight}")
         if self.kind == "repeat" and not self.path:
             raise ValueError("a repeat data source needs a path: the passages it repeats (a synth pool)")
+        dense = self.facts_per_1k
+        if dense is not None and (self.kind != "recall" or not self.path or dense <= 0):
+            raise ValueError(
+                f"facts_per_1k={dense}: only a recall source with a path takes it, and it must be > 0"
+            )
 
 
 @dataclass(frozen=True)

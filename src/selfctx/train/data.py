@@ -178,7 +178,10 @@ def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: Dat
 
         n = cfg.max_samples_per_source or DEFAULT_SAMPLES
         passages = text_documents(source.path) if source.path else None
-        examples = recall_examples(tokenizer, n, cfg.min_tokens, cfg.max_tokens, seed=0, passages=passages)
+        examples = recall_examples(
+            tokenizer, n, cfg.min_tokens, cfg.max_tokens, seed=0, passages=passages,
+            facts_per_1k=source.facts_per_1k,
+        )  # fmt: skip
         if not examples:
             raise SelfctxError(
                 f"the recall task cannot make samples of {cfg.min_tokens}-{cfg.max_tokens} tokens: "

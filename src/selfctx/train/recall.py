@@ -82,6 +82,7 @@ _FACTS = (
 
 
 _PLACES = ("vault", "archive", "station", "project", "device")
+_KEYS = tuple(f"{word} {place}" for word in _WORDS for place in _PLACES)
 
 
 def _number(rng: random.Random) -> str:
@@ -89,8 +90,11 @@ def _number(rng: random.Random) -> str:
     return str(rng.randrange(10 ** (digits - 1), 10**digits))
 
 
-def filler_messages(rng: random.Random, target_chars: int, passages: list[str]) -> list[dict[str, str]]:
-    """Passages up to ~target_chars with 1-3 facts at random boundaries; a question about one of them."""
+def filler_messages(
+    rng: random.Random, target_chars: int, passages: list[str], n_facts: int | None = None
+) -> list[dict[str, str]]:
+    """Passages up to ~target_chars with facts at random boundaries: 1-3 and a question about one of them, or
+    (dense) `n_facts` and a question about each, in turns of their own, in random order."""
     pieces: list[str] = []
     size = 0
     while size < target_chars:
@@ -99,18 +103,23 @@ def filler_messages(rng: random.Random, target_chars: int, passages: list[str]) 
         ]  # the last one cut to fit
         pieces.append(text)
         size += len(text) + 2
-    n_facts = rng.randint(1, 3)
+    dense = n_facts is not None
+    count = min(n_facts, len(_KEYS)) if n_facts is not None else rng.randint(1, 3)
     statement, question = _FACTS[rng.randrange(len(_FACTS))]
-    keys = rng.sample(_WORDS, n_facts)
-    facts = [(f"{k} {rng.choice(_PLACES)}", _number(rng)) for k in keys]
+    if dense:  # distinct word-and-place keys
+        facts = [(key, _number(rng)) for key in rng.sample(_KEYS, count)]
+    else:  # the original draws, in their original order: runs and held-out items stay what they were
+        facts = [(f"{k} {rng.choice(_PLACES)}", _number(rng)) for k in rng.sample(_WORDS, count)]
     for key, value in facts:
         pieces.insert(rng.randint(0, len(pieces)), statement.format(k=key, v=value))
-    key, value = facts[rng.randrange(n_facts)]
+    asked = rng.sample(facts, count) if dense else [facts[rng.randrange(count)]]
     context = "\n\n".join(pieces)
-    return [
-        {"role": "user", "content": f"{context}\n\n{question.format(k=key)}"},
-        {"role": "assistant", "content": value},
-    ]
+    messages: list[dict[str, str]] = []
+    for i, (key, value) in enumerate(asked):
+        prompt = question.format(k=key)
+        messages.append({"role": "user", "content": f"{context}\n\n{prompt}" if i == 0 else prompt})
+        messages.append({"role": "assistant", "content": value})
+    return messages
 
 
 def recall_examples(
@@ -120,9 +129,11 @@ def recall_examples(
     max_tokens: int,
     seed: int,
     passages: list[str] | None = None,
+    facts_per_1k: float | None = None,
 ) -> list[Example]:
     """`n_samples` tokenized conversations of min_tokens..max_tokens tokens (lengths drawn uniformly); with
-    `passages`, facts hidden among them, else records only."""
+    `passages`, facts hidden among them (`facts_per_1k`: that many per 1,000 tokens, each asked), else
+    records only."""
     rng = random.Random(f"recall-{seed}")
     out: list[Example] = []
     attempts = 0
@@ -131,10 +142,11 @@ def recall_examples(
         target = rng.randint(min_tokens, max_tokens)
         chars = target  # a first guess, corrected by the measured chars-per-token of the first try
         sample_seed = rng.random()
+        n_facts = None if facts_per_1k is None else max(1, round(facts_per_1k * target / 1000))
         for _ in range(3):
             sample_rng = random.Random(sample_seed)
             messages = (
-                filler_messages(sample_rng, chars, passages)
+                filler_messages(sample_rng, chars, passages, n_facts)
                 if passages
                 else recall_messages(sample_rng, chars)
             )
