@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED_MODEL = "smollm2-135m"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
 EMBEDDED_ALIASES = {EMBEDDED_MODEL, "smollm2", "smollm2-135m-instruct", "embedded"}
 
 
@@ -61,6 +63,18 @@ class ModelSpec:
                 "use the hf backend"
             )
         return Path(self.folder) / self.gguf_file
+
+
+def hub_id(name: str) -> str | None:
+    """The Hugging Face Hub id a model spec stands for (a model card's `base_model`), or None when it names a
+    local file or folder, or nothing the Hub could hold."""
+    if name == EMBEDDED_MODEL:
+        return EMBEDDED_HUB_ID
+    if not name:
+        return None
+    if name.endswith(".gguf") or Path(name).exists() or name.startswith((".", "/", "~")):
+        return None
+    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
 
 
 def llama_class() -> Any:

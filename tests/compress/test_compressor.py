@@ -128,6 +128,25 @@ def test_battery_save_load_roundtrip(tmp_path, kind):
     assert all(v > 0 for v in counts.values())
 
 
+@pytest.mark.parametrize(
+    ("base", "front_matter"),
+    [
+        ("smollm2-135m", "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n"),
+        ("meta-llama/Llama-2-7b-hf", "base_model: meta-llama/Llama-2-7b-hf\n"),
+        ("runs/base/model.gguf", None),
+        ("/abs/folder", None),
+    ],
+)
+def test_the_model_card_names_a_hub_base_model_only_when_it_is_one(base, front_matter):
+    from selfctx.compress.battery import ExpertBattery
+
+    lm = make_lm(ratios=(2,))
+    card = ExpertBattery.create(lm.model, (2,), rank=2, base_model=base).model_card()
+    header = card.split("---\n")[1]
+    assert (front_matter in header) if front_matter else ("base_model" not in header)
+    assert f"# selfctx memory experts for {base}" in card  # the body names the spec the user loads it with
+
+
 def test_a_saved_battery_names_itself_and_old_layouts_still_load(tmp_path):
     from safetensors import safe_open
 
@@ -139,6 +158,7 @@ def test_a_saved_battery_names_itself_and_old_layouts_still_load(tmp_path):
     assert not list(folder.rglob("adapter_config.json"))
     card = (folder / "README.md").read_text()
     assert "library_name: selfctx" in card and "not a PEFT adapter" in card and "x2, x8" in card
+    assert "base_model:" not in card  # an unrecorded base: nothing the Hub could link to
     with safe_open(str(folder / "expert-r8" / "expert.safetensors"), "pt") as handle:
         meta = handle.metadata()
     assert meta["format"] == "selfctx-memory-expert" and meta["ratio"] == "8" and meta["kind"] == "lora"

@@ -157,7 +157,10 @@ class ExpertBattery(nn.Module):
     def model_card(self) -> str:
         """README.md of a saved battery: what it is, how it was built and how to load it."""
         first = self.adapters[0].config
+        from selfctx.models import hub_id
+
         base = first.base_model or "(unrecorded)"
+        hub = hub_id(first.base_model)  # the Hub's metadata wants an id it knows, not a local path or alias
         experts = (
             "one compressor shared by every ratio (the single-compressor baseline)"
             if self.kind == "mha_clone"
@@ -167,8 +170,8 @@ class ExpertBattery(nn.Module):
         return (
             "---\n"
             "library_name: selfctx\n"
-            f"base_model: {base}\n"
-            "tags: [selfctx, context-compression, long-context, memory-experts]\n"
+            + (f"base_model: {hub}\n" if hub else "")
+            + "tags: [selfctx, context-compression, long-context, memory-experts]\n"
             "---\n\n"
             f"# selfctx memory experts for {base}\n\n"
             "Compression experts for the selfctx package: the frozen base model reads a long input window "

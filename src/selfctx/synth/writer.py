@@ -30,6 +30,7 @@ from typing import IO, Any
 import yaml
 
 from selfctx.fsutil import atomic_open, write_json_atomic, write_text_atomic
+from selfctx.models import EMBEDDED_HUB_ID, EMBEDDED_MODEL
 from selfctx.synth.lengths import BUCKETS
 from selfctx.synth.types import Sample
 
@@ -61,7 +62,7 @@ def _arrow_type(kind: str) -> Any:
 
 
 # Models we know: (hub id, licence of their outputs). Others: their own name, "other" (their terms apply).
-_KNOWN_MODELS = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+_KNOWN_MODELS = {EMBEDDED_MODEL: (EMBEDDED_HUB_ID, "apache-2.0")}
 
 
 def model_identity(model_id: str) -> tuple[str, str]:
