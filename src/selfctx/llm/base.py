@@ -88,6 +88,15 @@ class BackendStats:
     completion_tokens: int = 0
     seconds: float = 0.0
 
+    def count_call(self, completion: Completion, seconds: float) -> None:
+        """Count one finished call: every backend that completes calls one at a time counts them the same
+        way, so a run summary means the same whatever wrote it. Not thread-safe: hold the backend's lock."""
+        self.calls += 1
+        self.errors += 0 if completion.ok else 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.seconds += seconds
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

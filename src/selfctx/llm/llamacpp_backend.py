@@ -94,11 +94,7 @@ class LlamaCppLLM(LLM):
         finally:
             self._idle.put(llama)
         with self._lock:
-            self.stats.calls += 1
-            self.stats.errors += 0 if completion.ok else 1
-            self.stats.prompt_tokens += completion.prompt_tokens
-            self.stats.completion_tokens += completion.completion_tokens
-            self.stats.seconds += time.perf_counter() - started
+            self.stats.count_call(completion, time.perf_counter() - started)
         return completion
 
     def _complete(self, llama: Any, request: ChatRequest) -> Completion:

@@ -124,11 +124,7 @@ class OpenAICompatLLM(LLM):
         if completion is None:
             completion = Completion("", finish_reason="error", error=last_error)
         with self._lock:
-            self.stats.calls += 1
-            self.stats.errors += 0 if completion.ok else 1
-            self.stats.prompt_tokens += completion.prompt_tokens
-            self.stats.completion_tokens += completion.completion_tokens
-            self.stats.seconds += time.perf_counter() - started
+            self.stats.count_call(completion, time.perf_counter() - started)
         return completion
 
     def _backoff(self, attempt: int, server_hint: float | None) -> float:
