@@ -10,15 +10,13 @@ subprocess (its own peak memory); the first step of each is a warm-up and is not
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from selfctx.bench.prefill import _parse_lengths, _peak_rss_mib, _rss_mib, _text_ids
+from selfctx.bench.prefill import _parse_lengths, _peak_rss_mib, _rss_mib, _run_worker, _text_ids
 from selfctx.errors import SelfctxError
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -125,15 +123,7 @@ def command(
         for method in ("lora", "experts"):
             spec = {"model": model, "method": method, "tokens": n, "steps": steps, "window": window,
                     "ratio": ratio, "rank": rank, "text": text, "dtype": dtype, "device": device}  # fmt: skip
-            proc = subprocess.run(
-                [sys.executable, "-m", "selfctx", "bench", "expert-train", "--worker", json.dumps(spec)],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise SelfctxError(f"{method} training at {n} tokens failed: {last}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = _run_worker("expert-train", spec, f"{method} training at {n} tokens")
             rows.append(row)
             typer.echo(
                 f"{method:<9}{n:>8}{row['seconds_per_step']:>9.1f}{row['tokens_per_s']:>9.1f}"

@@ -117,6 +117,21 @@ def _parse_lengths(text: str) -> list[int]:
     return out
 
 
+def _run_worker(verb: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
+    """One measurement in a fresh `selfctx bench <verb> --worker` process, so its peak memory is its own; its
+    JSON row (the last stdout line). A failed worker raises naming `what` and its last stderr line, or
+    "(no output)" when it died without one (e.g. killed for memory)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfctx", "bench", verb, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SelfctxError(f"{what} failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def command(
     model: Annotated[str, typer.Option(help="Model spec.")] = "smollm2-135m",
     lengths: Annotated[str, typer.Option(help="Lengths run with both methods.")] = "4k,8k,16k",
@@ -152,16 +167,7 @@ def command(
             "device": device,
             "native_context": max(n + 64, 8192),
         }
-        proc = subprocess.run(
-            [sys.executable, "-m", "selfctx", "bench", "prefill", "--worker", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise SelfctxError(
-                f"{method} prefill at {n} tokens failed: {proc.stderr.strip().splitlines()[-1]}"
-            )
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row = _run_worker("prefill", spec, f"{method} prefill at {n} tokens")
         rows.append(row)
         typer.echo(
             f"{method:<11}{n:>8}{row['seconds']:>10.1f}{row['tokens_per_s']:>10.1f}"
