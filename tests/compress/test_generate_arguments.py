@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli_refusal import assert_refused
 from selfctx.cli import app
 from selfctx.errors import SelfctxError
 
@@ -49,13 +50,7 @@ def test_generate_refuses_bad_arguments_before_loading(
     args = ["generate", "--model", str(model), "--prompt", "Why?", "--context", str(context)]
     args += ["--window", "32", "--native-context", "256", "--save-memory", str(memory), "--device", "cpu"]
     result = CliRunner().invoke(app, [*args, *extra])
-    assert result.exit_code != 0, result.output
-    if isinstance(result.exception, SystemExit):  # a choice option: typer's usage error, before any code runs
-        assert result.exit_code == 2 and name in result.output and "is not one of" in result.output
-    else:
-        assert isinstance(result.exception, SelfctxError), repr(result.exception)
-        message = str(result.exception)
-        assert name in message and "\n" not in message, message
+    assert_refused(result, name)
     assert not calls, "the model was loaded before the bad argument was refused"
     assert not memory.exists() and not blocked.exists()
 
