@@ -75,6 +75,23 @@ def test_only_the_expert_in_training_changes(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["lora", "mha_clone"])
+def test_over_a_bf16_base_the_experts_train_float32_weights(tmp_path: Path, kind: str) -> None:
+    cfg = smoke_cfg(tmp_path / "run", "loop.dtype=bfloat16", f"experts.kind={kind}", "loop.max_steps=3")
+    result = run_experts(cfg)
+    assert all(p.dtype == torch.bfloat16 for p in result.compressed.model.parameters())
+    params = list(result.compressed.battery.parameters())
+    assert params and all(p.dtype == torch.float32 for p in params)
+    assert all(torch.isfinite(torch.tensor(r.losses)).all() for r in result.runs.values())
+    # what the loop trained is what was saved, and it loads over the bf16 base
+    from selfctx.compress.battery import ExpertBattery
+
+    loaded = ExpertBattery.load(tmp_path / "run" / "experts", result.compressed.model)
+    saved = dict(loaded.named_parameters())
+    for name, value in result.compressed.battery.named_parameters():
+        assert torch.allclose(saved[name].float(), value, atol=1e-2), name
+
+
 def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     sets = ("loop.max_steps=6", "loop.save_every=2")
     reference = run_experts(smoke_cfg(tmp_path / "a", *sets))

@@ -141,7 +141,9 @@ class LoRAExpert(MemoryAdapter):
 
     def _delta(self, layer: int, name: str, x: torch.Tensor) -> torch.Tensor:
         lora: Any = self._targets(layer)[name]
-        return lora["lora_B"](lora["lora_A"](x)) * self.scale
+        # the expert may keep float32 weights over a bf16 base (master weights in training)
+        delta = lora["lora_B"](lora["lora_A"](x.to(lora["lora_A"].weight.dtype))) * self.scale
+        return delta.to(x.dtype)
 
     def project(
         self, layer: int, name: str, base: nn.Linear, x: torch.Tensor, memory_rows: torch.Tensor | None
@@ -186,8 +188,9 @@ class MHACloneCompressor(MemoryAdapter):
         out = base(x)  # (B, T, Dout)
         if memory_rows is None or memory_rows.numel() == 0 or name not in self._targets(layer):
             return out
-        clone = self._targets(layer)[name]
-        return out.index_copy(1, memory_rows, clone(x.index_select(1, memory_rows)))  # memory rows replaced
+        clone: Any = self._targets(layer)[name]
+        rows = clone(x.index_select(1, memory_rows).to(clone.weight.dtype)).to(out.dtype)
+        return out.index_copy(1, memory_rows, rows)  # memory rows replaced
 
 
 def build_adapter(

@@ -294,7 +294,8 @@ def build_compressed(cfg: ExpertsConfig, model: Any, tokenizer: Any) -> Any:
         base_model=cfg.model.name,
         memory_input=e.memory_input,
     )
-    battery.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
+    # trainable weights stay float32 whatever the frozen base runs in: bf16 updates of lr x grad vanish
+    battery.to(device=next(model.parameters()).device, dtype=torch.float32)
     battery.mechanism = {
         "window": e.window,
         "native_context": e.native_context,
