@@ -46,7 +46,7 @@ def train(args: argparse.Namespace) -> Path:
 
     from selfctx.commands.train import preset_defaults
     from selfctx.config import load_config
-    from selfctx.train.experts import ExpertsConfig, recipe_sources, run_experts
+    from selfctx.train.experts import ExpertsConfig, rebase_sources, run_experts
 
     overrides = [
         f"model.name={args.model}",
@@ -64,9 +64,9 @@ def train(args: argparse.Namespace) -> Path:
     cfg = load_config(
         ExpertsConfig, None, overrides, defaults=preset_defaults(ExpertsConfig, "experts", "smollm2-cpu")
     )
-    cfg = replace(
-        cfg, data=replace(cfg.data, sources=recipe_sources(args.data / "synth", args.data / "pool"))
-    )
+    # the preset's mix (or a --set data.sources=... one) read from the staged data
+    sources = rebase_sources(cfg.data.sources, args.data / "synth", args.data / "pool")
+    cfg = replace(cfg, data=replace(cfg.data, sources=sources))
     result = run_experts(cfg)
     if result.experts_dir is not None:
         return result.experts_dir

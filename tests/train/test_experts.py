@@ -254,3 +254,23 @@ def test_the_log_splits_the_loss_into_next_token_and_kl_terms(tmp_path: Path) ->
     for row in rows:  # mix, per-sample normalisation: the step's loss is the mean of lm + kl over its samples
         assert row["lm"] > 0 and row["kl"] >= 0
         assert row["loss"] == pytest.approx(row["lm"] + row["kl"], rel=1e-4)
+
+
+def test_rebasing_a_mix_moves_only_its_paths() -> None:
+    from selfctx.train.config import DataSource
+    from selfctx.train.experts import rebase_sources, recipe_sources
+
+    mix = [
+        DataSource("recall", "old/pool", 0.7, facts_per_1k=4),
+        DataSource("synth", "old/synth", 0.2),
+        DataSource("chat", "mine.jsonl", 0.1),
+    ]
+    moved = rebase_sources(mix, "S", "P")
+    assert [(s.kind, s.path, s.weight, s.facts_per_1k) for s in moved] == [
+        ("recall", "P", 0.7, 4),
+        ("synth", "S", 0.2, None),
+        ("chat", "mine.jsonl", 0.1, None),
+    ]
+    preset = preset_defaults(ExpertsConfig, "experts", "smollm2-cpu")["data"]["sources"]
+    expected = [(r["kind"], r["weight"]) for r in preset]
+    assert [(s.kind, s.weight) for s in recipe_sources("S", "P")] == expected

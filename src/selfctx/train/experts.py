@@ -248,9 +248,14 @@ def recipe_sources(synth: str | Path, pool: str | Path) -> list[DataSource]:
 
     preset = resources.files("selfctx.train") / "presets" / "experts-smollm2-cpu.yaml"
     rows = yaml.safe_load(preset.read_text(encoding="utf-8"))["data"]["sources"]
-    return [
-        DataSource(row["kind"], str(synth if row["kind"] == "synth" else pool), row["weight"]) for row in rows
-    ]
+    return rebase_sources([DataSource(**row) for row in rows], synth, pool)
+
+
+def rebase_sources(sources: Sequence[DataSource], synth: str | Path, pool: str | Path) -> list[DataSource]:
+    """`sources` over one run's own data, every other setting kept: task samples from `synth`, the model's
+    passages (recall, repeat, text) from `pool`; chat files keep their paths."""
+    folder = {"synth": synth, "recall": pool, "repeat": pool, "text": pool}
+    return [replace(s, path=str(folder[s.kind])) if s.kind in folder else s for s in sources]
 
 
 def load_base(
