@@ -41,7 +41,8 @@ def prepare(synth: Path, pool: Path, haystack: Path, stage: Path = STAGE) -> Non
     )
 
 
-def train(args: argparse.Namespace) -> Path:
+def train(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
+    """The battery to score and the step each expert's run reached (0: never trained, time ran out first)."""
     from dataclasses import replace
 
     from selfctx.commands.train import preset_defaults
@@ -68,14 +69,16 @@ def train(args: argparse.Namespace) -> Path:
     sources = rebase_sources(cfg.data.sources, args.data / "synth", args.data / "pool")
     cfg = replace(cfg, data=replace(cfg.data, sources=sources))
     result = run_experts(cfg)
+    steps = {f"r{r}": 0 for r in cfg.experts.ratios} if cfg.experts.kind == "lora" else {}
+    steps.update({name: run.step for name, run in result.runs.items()})
     if result.experts_dir is not None:
-        return result.experts_dir
+        return result.experts_dir, steps
     # stopped by the time limit: the weights it reached, as a loadable battery
     target = args.work / "battery-at-time-limit"
     shutil.rmtree(target, ignore_errors=True)
     battery: Any = result.compressed.battery
     battery.save(target)
-    return target
+    return target, steps
 
 
 def pack(args: argparse.Namespace, experts: Path) -> None:
@@ -173,7 +176,10 @@ def evaluate(
 
 def write_results(out: Path, rows: dict[str, Any], summary: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({**summary, "rows": rows}, indent=1))
+    from selfctx.fsutil import write_json_atomic, write_text_atomic
+
+    # atomic: a run killed mid-write still leaves the last chunk's complete results
+    write_json_atomic(out / "results.json", {**summary, "rows": rows})
     lines = [
         "| length | method | ratio | accuracy % | ± stderr | items | s |",
         "|---:|---|---:|---:|---:|---:|---:|",
@@ -183,7 +189,7 @@ def write_results(out: Path, rows: dict[str, Any], summary: dict[str, Any]) -> N
             f"| {r['length']} | {r['method']} | {r['ratio']} | {100 * r['acc']:.1f} "
             f"| {100 * r['acc_stderr']:.1f} | {r['items']} | {r['seconds']} |"
         )
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
         prepare(args.synth, args.pool, args.haystack)
         return
     started = time.perf_counter()
-    experts = train(args)
+    if args.chunk < 1 or args.items < 1:
+        parser.error("--chunk and --items must be >= 1")
+    experts, steps = train(args)
     trained_s = time.perf_counter() - started
     pack(args, experts)
     logs = {
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def summary() -> dict[str, Any]:
         total = time.perf_counter() - started
-        return {"train_seconds": round(trained_s, 1), "total_seconds": round(total, 1)}
+        return {"train_seconds": round(trained_s, 1), "total_seconds": round(total, 1), "steps": steps}
 
     rows = evaluate(args, experts, lambda rows: write_results(args.out, rows, summary()))
     write_results(args.out, rows, summary())

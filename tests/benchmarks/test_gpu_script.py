@@ -7,6 +7,8 @@ import json
 import tarfile
 from pathlib import Path
 
+import torch
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "experts_h200.py"
 PASSAGE = (
     "The ferry left at dawn and the gulls followed it past the lighthouse while the captain logged the tide."
@@ -85,6 +87,17 @@ def test_a_run_stopped_by_its_time_limit_scores_the_weights_it_reached(tmp_path:
     )  # fmt: skip
     logs = json.loads((out / "train_logs.json").read_text())
     assert [row["step"] for row in logs["r4"]] == [1]
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == {"r4": 1}
+    # what was scored is what step 1 reached, not the untrained expert
+    from safetensors.torch import load_file
+
+    with tarfile.open(out / "battery.tar.gz") as tar:
+        tar.extractall(tmp_path / "scored", filter="data")
+    scored = load_file(str(tmp_path / "scored" / "battery" / "expert-r4" / "expert.safetensors"))
+    checkpoint = tmp_path / "work" / "train" / "r4" / "checkpoints" / "step-000001"
+    step1 = load_file(str(checkpoint / "trainable.safetensors"))
+    assert scored and all(any(torch.equal(v, w) for w in step1.values()) for v in scored.values())
     rows = json.loads((out / "results.json").read_text())["rows"]
     # the first chunk always runs; the deadline stops the second, for every method alike
     assert {r["items"] for r in rows.values()} == {2} and len(rows) == 4

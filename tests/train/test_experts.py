@@ -274,3 +274,12 @@ def test_rebasing_a_mix_moves_only_its_paths() -> None:
     preset = preset_defaults(ExpertsConfig, "experts", "smollm2-cpu")["data"]["sources"]
     expected = [(r["kind"], r["weight"]) for r in preset]
     assert [(s.kind, s.weight) for s in recipe_sources("S", "P")] == expected
+
+
+def test_a_time_limit_bounds_all_experts_of_one_command(tmp_path: Path) -> None:
+    result = run_experts(smoke_cfg(tmp_path / "run", "loop.max_steps=4", "loop.time_limit_s=1e-6"))
+    # the first expert takes one step, checkpointed; the time is then up for the next one
+    assert {name: run.step for name, run in result.runs.items()} == {"r2": 1}
+    assert result.experts_dir is None
+    again = run_experts(smoke_cfg(tmp_path / "run", "loop.max_steps=4"))  # no limit now: it resumes
+    assert again.runs["r2"].resumed_from == 1 and again.experts_dir is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -389,6 +390,7 @@ def run_experts(
             )
         runs: dict[str, TrainResult] = {}
         finished = True
+        sitting = time.perf_counter()  # loop.time_limit_s bounds all experts of this command together
         previous: tuple[str, int] | None = None  # (run folder, ratio) of the expert trained just before
         for name, ratios in run_plan(cfg, info):
             module.select(ratios[0])
@@ -403,6 +405,12 @@ def run_experts(
             if len(ratios) > 1:
                 batches = RatioMixBatches(batches, ratios, cfg.loop.seed, longest)
             loop = replace(cfg.loop, output_dir=str(output / name))
+            if cfg.loop.time_limit_s is not None:
+                left = cfg.loop.time_limit_s - (time.perf_counter() - sitting)
+                if left <= 0 and runs:  # time is up before this expert (the first one always takes a step)
+                    finished = False
+                    break
+                loop = replace(loop, time_limit_s=max(left, 1e-9))
             if previous and cfg.experts.init_from_previous and ckpt.latest(output / name) is None:
                 _start_from(module, output / previous[0], previous[1], ratios[0])
             objective = CompressionObjective(

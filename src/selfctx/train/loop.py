@@ -221,6 +221,15 @@ class Trainer:
         total = float(all_reduce_sum(loss_sum, self.dist))
         return total / n_targets, int(n_tokens), norm
 
+    def _out_of_time(self, sitting: float) -> bool:
+        """cfg.time_limit_s has passed since `sitting` — on any rank, so all ranks stop at the same step."""
+        limit = self.cfg.time_limit_s
+        if limit is None:
+            return False
+        late = float(time.perf_counter() - sitting >= limit)
+        flag = torch.tensor(late, dtype=torch.float64, device=self.device)
+        return float(all_reduce_sum(flag, self.dist)) > 0
+
     def train(self, stop_after: int | None = None) -> TrainResult:
         """Train to cfg.max_steps (or stop after step `stop_after`, for tests), resuming if possible."""
         cfg = self.cfg
@@ -282,8 +291,7 @@ class Trainer:
                     bar.update(1)
                 if self.on_step is not None:
                     self.on_step(step, loss)
-                limit = cfg.time_limit_s
-                out_of_time = limit is not None and time.perf_counter() - sitting >= limit
+                out_of_time = self._out_of_time(sitting)
                 if step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time:
                     self._save(
                         step,
