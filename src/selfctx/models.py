@@ -68,7 +68,7 @@ class ModelSpec:
 def hub_id(name: str) -> str | None:
     """The Hugging Face Hub id a model spec stands for (a model card's `base_model`), or None when it names a
     local file or folder, or nothing the Hub could hold."""
-    if name == EMBEDDED_MODEL:
+    if name.lower() in EMBEDDED_ALIASES:
         return EMBEDDED_HUB_ID
     if not name:
         return None

@@ -132,6 +132,7 @@ def test_battery_save_load_roundtrip(tmp_path, kind):
     ("base", "front_matter"),
     [
         ("smollm2-135m", "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n"),
+        ("SmolLM2", "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n"),  # an alias the loader takes
         ("meta-llama/Llama-2-7b-hf", "base_model: meta-llama/Llama-2-7b-hf\n"),
         ("runs/base/model.gguf", None),
         ("/abs/folder", None),

@@ -112,6 +112,8 @@ def score_items(
 def summarize(per_item: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy and its standard error over scored items (rows of score_items' `per_item`, possibly merged
     from several calls)."""
+    if not per_item:
+        raise ValueError("no scored items to summarize")
     acc = sum(r["correct"] for r in per_item) / len(per_item)
     stderr = math.sqrt(acc * (1 - acc) / max(1, len(per_item) - 1))  # lm-eval's sample stderr of the mean
     return {"acc": acc, "acc_stderr": stderr, "items": len(per_item), "per_item": per_item}

@@ -30,7 +30,7 @@ from typing import IO, Any
 import yaml
 
 from selfctx.fsutil import atomic_open, write_json_atomic, write_text_atomic
-from selfctx.models import EMBEDDED_HUB_ID, EMBEDDED_MODEL
+from selfctx.models import EMBEDDED_ALIASES, EMBEDDED_HUB_ID, EMBEDDED_MODEL
 from selfctx.synth.lengths import BUCKETS
 from selfctx.synth.types import Sample
 
@@ -68,7 +68,7 @@ _KNOWN_MODELS = {EMBEDDED_MODEL: (EMBEDDED_HUB_ID, "apache-2.0")}
 def model_identity(model_id: str) -> tuple[str, str]:
     """(base_model, license) for a card, from a backend's model id such as "llamacpp:smollm2-135m"."""
     name = model_id.split(":", 1)[-1]
-    return _KNOWN_MODELS.get(name, (name, "other"))
+    return _KNOWN_MODELS.get(EMBEDDED_MODEL if name.lower() in EMBEDDED_ALIASES else name, (name, "other"))
 
 
 def card_features() -> list[dict[str, Any]]:
