@@ -81,6 +81,11 @@ def train(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
     return target, steps
 
 
+def run_folders(train_dir: Path) -> list[Path]:
+    """Each expert's run folder (r8, r4, ... or an mha_clone run's clone): the ones holding checkpoints."""
+    return sorted(p for p in train_dir.iterdir() if (p / "checkpoints").is_dir())
+
+
 def pack(args: argparse.Namespace, experts: Path) -> None:
     """The battery and each run's latest checkpoint (with its log) into $OUT as two archives."""
     import tarfile
@@ -91,7 +96,7 @@ def pack(args: argparse.Namespace, experts: Path) -> None:
     with tarfile.open(args.out / "battery.tar.gz", "w:gz") as tar:
         tar.add(experts, arcname="battery")
     with tarfile.open(args.out / "train.tar.gz", "w:gz") as tar:
-        for run in sorted((args.work / "train").glob("r*")):
+        for run in run_folders(args.work / "train"):
             latest = ckpt.latest(run)
             for path in [run / "train_log.jsonl", run / "train_config.json", *([latest] if latest else [])]:
                 if path.exists():
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     pack(args, experts)
     logs = {
         run.name: [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line]
-        for run in sorted((args.work / "train").glob("r*"))
+        for run in run_folders(args.work / "train")
         if (run / "train_log.jsonl").is_file()
     }
     (args.out / "train_logs.json").write_text(json.dumps(logs))

@@ -129,7 +129,10 @@ def _run_worker(verb: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SelfctxError(f"{what} failed: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        raise SelfctxError(f"{what} failed: the worker exited without printing its result")
+    return json.loads(lines[-1])
 
 
 def command(
