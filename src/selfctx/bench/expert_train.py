@@ -44,6 +44,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             tokenizer=tokenizer,
             native_context=spec["window"] * 4,
         )
+        lm.battery.for_training(device)  # as `selfctx train` builds them: float32 over any base dtype
         params = lm.trainable_parameters(spec["ratio"])
 
         def loss_of(seq: torch.Tensor) -> torch.Tensor:

@@ -277,7 +277,7 @@ def command(
                 base_model=model,
                 memory_input=memory_input,  # type: ignore[arg-type]
             )
-            experts.to(device=base.device, dtype=base.dtype)
+            experts.for_training(base.device)
             lm = CompressedLM(base, tokenizer, experts, window=window, native_context=1024, sink=sink)
             started = time.perf_counter()
             losses = _train(lm, probe_task, model, ratio, objective, steps, batch, lr, seed) if steps else []

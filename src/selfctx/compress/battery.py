@@ -145,6 +145,12 @@ class ExpertBattery(nn.Module):
             )
         return self._by_ratio[ratio]
 
+    def for_training(self, device: torch.device | str) -> ExpertBattery:
+        """On `device` with float32 weights, whatever the frozen base runs in: these are the master weights an
+        optimizer updates (in bf16, lr x grad of a small update rounds away). The experts cast their inputs
+        and outputs to the base's dtype."""
+        return self.to(device=device, dtype=torch.float32)
+
     def adapter_name(self, ratio: int) -> str:
         return "mha_clone" if self.kind == "mha_clone" else f"lora-r{ratio}"
 

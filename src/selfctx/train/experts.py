@@ -300,8 +300,7 @@ def build_compressed(cfg: ExpertsConfig, model: Any, tokenizer: Any) -> Any:
         base_model=cfg.model.name,
         memory_input=e.memory_input,
     )
-    # trainable weights stay float32 whatever the frozen base runs in: bf16 updates of lr x grad vanish
-    battery.to(device=next(model.parameters()).device, dtype=torch.float32)
+    battery.for_training(next(model.parameters()).device)
     battery.mechanism = {
         "window": e.window,
         "native_context": e.native_context,
