@@ -45,9 +45,9 @@ def train(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
     """The battery to score and the step each expert's run reached (0: never trained, time ran out first)."""
     from dataclasses import replace
 
-    from selfctx.commands.train import preset_defaults
     from selfctx.config import load_config
     from selfctx.train.experts import ExpertsConfig, rebase_sources, run_experts
+    from selfctx.train.preset import preset_defaults
 
     overrides = [
         f"model.name={args.model}",

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from selfctx.cli import app
-from selfctx.commands.train import preset_defaults
 from selfctx.config import load_config
 from selfctx.train.experts import ExpertsConfig, run_experts
+from selfctx.train.preset import preset_defaults
 
 
 def smoke_cfg(out: Path, *overrides: str) -> ExpertsConfig:
@@ -110,7 +110,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 
 KILLER = """
 import os, signal, sys
-from selfctx.commands.train import preset_defaults
+from selfctx.train.preset import preset_defaults
 from selfctx.config import load_config
 from selfctx.train.experts import ExpertsConfig, run_experts
 out, kill_at = sys.argv[1], int(sys.argv[2])

@@ -181,7 +181,7 @@ def budget_defaults(budget: str) -> dict[str, Any]:
     experts = dict(preset["experts"])
     name = experts.pop("preset", None)
     if name is not None:
-        from selfctx.commands.train import preset_defaults
+        from selfctx.train.preset import preset_defaults
 
         experts = {**preset_defaults(ExpertsConfig, "experts", name), **experts}
         # the sources are this run's synth folder (planned in make_plan), not the preset's paths

@@ -243,12 +243,9 @@ class ExpertsResult:
 def recipe_sources(synth: str | Path, pool: str | Path) -> list[DataSource]:
     """The smollm2-cpu preset's data mix (its YAML is the one place it is written) over one run's own data:
     task samples from `synth`, the model's passages (facts hidden among them, plain text) from `pool`."""
-    from importlib import resources
+    from selfctx.train.preset import preset_defaults
 
-    import yaml
-
-    preset = resources.files("selfctx.train") / "presets" / "experts-smollm2-cpu.yaml"
-    rows = yaml.safe_load(preset.read_text(encoding="utf-8"))["data"]["sources"]
+    rows = preset_defaults(ExpertsConfig, "experts", "smollm2-cpu")["data"]["sources"]
     return rebase_sources([DataSource(**row) for row in rows], synth, pool)
 
 
