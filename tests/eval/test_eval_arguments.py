@@ -49,7 +49,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return {"model": model, "data": data, "hay": hay, "pool": pool, "experts": experts, "out": out}
 
 
-def _refused(args: list[str], name: str, out: Path, calls: list[str]) -> None:
+def assert_refused_before_loading(args: list[str], name: str, out: Path, calls: list[str]) -> None:
     result = CliRunner().invoke(app, args)
     assert_refused(result, name)
     assert not calls, "the model was loaded before the bad argument was refused"
@@ -78,7 +78,7 @@ def test_longbench_refuses_bad_arguments_before_loading(
     extra = [e.format(tmp=tmp_path, experts=files["experts"]) for e in extra]
     args = ["eval", "longbench", "--out", str(files["out"]), "--model", str(files["model"])]
     args += ["--data-dir", str(files["data"]), "--datasets", "trec", "--device", "cpu", *extra]
-    _refused(args, name, files["out"], no_loading)
+    assert_refused_before_loading(args, name, files["out"], no_loading)
 
 
 NEEDLE_CASES = [
@@ -98,7 +98,7 @@ def test_needle_refuses_bad_arguments_before_loading(
 ) -> None:
     args = ["eval", "needle", "--haystack", str(files["hay"]), "--out", str(files["out"])]
     args += ["--model", str(files["model"]), "--device", "cpu", "--lengths", "300", *extra]
-    _refused(args, name, files["out"], no_loading)
+    assert_refused_before_loading(args, name, files["out"], no_loading)
 
 
 SYNTHETIC_CASES = [
@@ -119,7 +119,7 @@ def test_synthetic_refuses_bad_arguments_before_loading(
     extra = [e.format(tmp=tmp_path) for e in extra]
     args = ["eval", "synthetic", "--pool", str(files["pool"]), "--out", str(files["out"])]
     args += ["--model", str(files["model"]), "--device", "cpu", "--lengths", "1k", *extra]
-    _refused(args, name, files["out"], no_loading)
+    assert_refused_before_loading(args, name, files["out"], no_loading)
 
 
 def test_out_under_a_file_is_refused(files: dict[str, Path], no_loading: list[str], tmp_path: Path) -> None:
@@ -127,4 +127,5 @@ def test_out_under_a_file_is_refused(files: dict[str, Path], no_loading: list[st
     blocker.write_text("")
     out = blocker / "run"
     args = ["eval", "needle", "--haystack", str(files["hay"]), "--out", str(out)]
-    _refused([*args, "--model", str(files["model"]), "--device", "cpu"], "--out", out, no_loading)
+    args += ["--model", str(files["model"]), "--device", "cpu"]
+    assert_refused_before_loading(args, "--out", out, no_loading)
