@@ -14,6 +14,10 @@ On the device machine (two calls, the second within ~30 s of the first):
 Results: $OUT/results.json, results.md, train_logs.json (rewritten after every chunk, so a killed run still
 returns what it scored), battery.tar.gz (the experts as trained), train.tar.gz (each run's latest checkpoint
 and log: `selfctx train` resumes from it). The tests run `main` on a tiny model on CPU.
+
+`run --battery DIR` skips training and scores a battery trained elsewhere (the CPU runs); each length's items
+are also written to WORK/items-LENGTH.jsonl in harness_needle_mc.py's format, so the kvpress runner scores the
+same items (benchmarks/gpu/eval_h200.sh does both in one call).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def prepare(synth: Path, pool: Path, haystack: Path, stage: Path = STAGE) -> Non
     """Copy what the run reads into the carried stage folder (a few MB)."""
     shutil.rmtree(stage, ignore_errors=True)
     shutil.copytree(synth / "data", stage / "synth" / "data")
-    shutil.copytree(pool, stage / "pool", ignore=shutil.ignore_patterns("*.done.json", "pool.json"))
+    shutil.copytree(pool, stage / "pool")  # with its done markers: the synthetic checks read finished shards
     shutil.copytree(haystack, stage / "haystack")
     print(
         f"staged {sum(f.stat().st_size for f in stage.rglob('*') if f.is_file()) / 2**20:.1f} MiB in {stage}"
@@ -146,6 +150,10 @@ def evaluate(
     deadline = time.perf_counter() + args.eval_seconds
     for length in args.lengths:
         items = make_items(tokenizer, haystack, length, args.items, seed=0)
+        # the items as harness_needle_mc.py writes them, for runners in other environments (kvpress)
+        args.work.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(item.to_json()) + "\n" for item in items)
+        (args.work / f"items-{length}.jsonl").write_text(lines, encoding="utf-8")
         n = len(tokenizer(items[0].context)["input_ids"])
         scored: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
         seconds = dict.fromkeys(methods, 0.0)
@@ -226,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
         "--answer-budget", type=int, default=128, help="question + answer tokens the router keeps"
     )
     run.add_argument("--set", action="append", default=[], help="extra experts config override (repeatable)")
+    run.add_argument(
+        "--battery",
+        type=Path,
+        help="score this trained battery (e.g. one trained on CPU) instead of training",
+    )
     args = parser.parse_args(argv)
     if args.verb == "prepare":
         prepare(args.synth, args.pool, args.haystack)
@@ -233,12 +246,17 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     if args.chunk < 1 or args.items < 1:
         parser.error("--chunk and --items must be >= 1")
-    experts, steps = train(args)
+    steps: dict[str, int] = {}
+    if args.battery is not None:
+        experts = args.battery
+        args.out.mkdir(parents=True, exist_ok=True)
+    else:
+        experts, steps = train(args)
+        pack(args, experts)
     trained_s = time.perf_counter() - started
-    pack(args, experts)
     logs = {
         run.name: [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line]
-        for run in run_folders(args.work / "train")
+        for run in (run_folders(args.work / "train") if args.battery is None else [])
         if (run / "train_log.jsonl").is_file()
     }
     (args.out / "train_logs.json").write_text(json.dumps(logs))

@@ -92,16 +92,16 @@ def press_settings(press: Any) -> dict[str, Any]:
     return {"press": type(press).__name__, **fields}
 
 
-def load_model(gguf: Path, threads: int) -> tuple[Any, Any]:
+def load_model(gguf: Path, threads: int, device: str) -> tuple[Any, Any]:
     import kvpress  # noqa: F401  (first: it wraps transformers' attention functions for head-wise presses)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, attn_implementation="sdpa"
     )
-    model.eval()
+    model.to(torch.device(device)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return model, tokenizer
 
@@ -161,9 +161,11 @@ def score_item(
     cache = DynamicCache()
     with torch.no_grad():
         with press(model) if press is not None else contextlib.nullcontext():
-            model.model(input_ids=torch.tensor([compressed]), past_key_values=cache)
-        positions = torch.arange(len(compressed), len(head))[None]
-        out = model(input_ids=torch.tensor([raw]), past_key_values=cache, position_ids=positions)
+            model.model(input_ids=torch.tensor([compressed], device=model.device), past_key_values=cache)
+        positions = torch.arange(len(compressed), len(head), device=model.device)[None]
+        out = model(
+            input_ids=torch.tensor([raw], device=model.device), past_key_values=cache, position_ids=positions
+        )
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         memory = held_bytes(model, cache)
         lengths = _lengths(cache)
@@ -171,12 +173,12 @@ def score_item(
         for continuation in request.continuations:
             total = float(first[continuation[0]])
             if len(continuation) > 1:
-                fed = torch.tensor([continuation[:-1]])
+                fed = torch.tensor([continuation[:-1]], device=model.device)
                 start = len(head)
-                positions = torch.arange(start, start + fed.shape[1])[None]
+                positions = torch.arange(start, start + fed.shape[1], device=model.device)[None]
                 later = model(input_ids=fed, past_key_values=cache, position_ids=positions).logits[0]
                 logprobs = torch.log_softmax(later.float(), dim=-1)
-                targets = torch.tensor(continuation[1:])
+                targets = torch.tensor(continuation[1:], device=model.device)
                 total += float(logprobs.gather(-1, targets[:, None]).sum())
                 _crop(cache, lengths)
             scores.append(total)
@@ -221,13 +223,17 @@ def generate_one(
     generated: list[int] = []
     with torch.no_grad():
         with press(model) if press is not None else contextlib.nullcontext():
-            model.model(input_ids=torch.tensor([compressed]), past_key_values=cache)
+            model.model(input_ids=torch.tensor([compressed], device=model.device), past_key_values=cache)
         position = len(compressed)
         fed = raw
         memory = None
         while len(generated) < request["max_new_tokens"]:
-            positions = torch.arange(position, position + len(fed))[None]
-            out = model(input_ids=torch.tensor([fed]), past_key_values=cache, position_ids=positions)
+            positions = torch.arange(position, position + len(fed), device=model.device)[None]
+            out = model(
+                input_ids=torch.tensor([fed], device=model.device),
+                past_key_values=cache,
+                position_ids=positions,
+            )
             if memory is None:
                 memory = held_bytes(model, cache)  # the state generation starts from
             token = int(out.logits[0, -1].argmax())
@@ -341,6 +347,7 @@ def main() -> None:
     parser.add_argument("--ratios", default="4,8,16")
     parser.add_argument("--limit", type=int, default=0, help="only the first N items (smoke runs)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where the GPU is (float32 either way)")
     parser.add_argument("--n-sink", type=int, default=4, help="StreamingLLM's sink tokens")
     parser.add_argument("--snapkv-window", type=int, default=64, help="SnapKV's observation window")
     args = parser.parse_args()
@@ -354,7 +361,7 @@ def main() -> None:
     items = press_io.read_requests(items_path) if args.requests else press_io.read_items(items_path)
     if args.limit:
         items = items[: args.limit]
-    model, tokenizer = load_model(args.gguf, args.threads)
+    model, tokenizer = load_model(args.gguf, args.threads, args.device)
     if "kvzip" in presses:
         model.config._name_or_path = plain_tokenizer_folder(copy.deepcopy(tokenizer))
     settings = {
@@ -364,6 +371,7 @@ def main() -> None:
         "dtype": "float32",
         "kv_bytes_per_token": kv_bytes_per_token(model),
         "threads": args.threads,
+        "device": args.device,
         "versions": {p: metadata.version(p) for p in ("kvpress", "transformers", "torch")},
     }
     for name in presses:

@@ -101,3 +101,19 @@ def test_a_run_stopped_by_its_time_limit_scores_the_weights_it_reached(tmp_path:
     rows = json.loads((out / "results.json").read_text())["rows"]
     # the first chunk always runs; the deadline stops the second, for every method alike
     assert {r["items"] for r in rows.values()} == {2} and len(rows) == 4
+
+    # --battery scores those weights without training: same items, same answers, and the items written out
+    again, battery = tmp_path / "again", tmp_path / "scored" / "battery"
+    script.main(
+        ["run", "--model", "tiny", "--data", str(stage), "--haystack", str(stage / "haystack"),
+         "--out", str(again), "--work", str(tmp_path / "work2"), "--battery", str(battery),
+         "--dtype", "float32", "--lengths", "300", "--items", "4", "--chunk", "2", "--eval-seconds", "1e-6",
+         "--answer-budget", "32"]
+    )  # fmt: skip
+    again_rows = json.loads((again / "results.json").read_text())["rows"]
+    assert json.loads((again / "results.json").read_text())["steps"] == {}
+    for name in ("experts@300", "untrained@300", "full@300"):
+        assert again_rows[name]["per_item"] == rows[name]["per_item"]
+    items = (tmp_path / "work2" / "items-300.jsonl").read_text().splitlines()
+    assert len(items) == 4 and {"context", "question", "choices", "label"} <= set(json.loads(items[0]))
+    assert not (tmp_path / "work2" / "train").exists()

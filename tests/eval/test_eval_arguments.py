@@ -109,6 +109,8 @@ SYNTHETIC_CASES = [
     (["--records", "0"], "--records"),
     (["--samples", "0"], "--samples"),
     (["--device", "gpu9"], "--device"),
+    (["--method", "truncate-0"], "--method"),
+    (["--method", "truncate-1k"], "--method"),
 ]
 
 

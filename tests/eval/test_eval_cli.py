@@ -179,3 +179,15 @@ def test_a_result_folder_resumes_only_with_its_settings_and_prints_what_result_j
     assert result.exit_code != 0
     assert "max_length=15500, this one has max_length=500" in str(result.exception)
     assert (folder / "run.json").read_text() == before
+
+
+def test_truncate_n_is_the_truncate_method_at_n_tokens(tiny_lm) -> None:
+    from selfctx.eval.methods import build_method
+
+    model, tokenizer = tiny_lm
+    native = build_method("truncate", model, tokenizer)
+    capped = build_method("truncate-300", model, tokenizer)
+    assert (native.name, capped.name) == ("truncate-1024", "truncate-300")
+    native_limit, capped_limit = native.input_limit(32), capped.input_limit(32)
+    assert native_limit is not None and capped_limit is not None
+    assert native_limit - capped_limit == 1024 - 300  # the same budget and template overhead taken off

@@ -20,7 +20,10 @@ app = typer.Typer(
 )
 
 BACKENDS: tuple[str, ...] = get_args(EvalBackend)
-METHOD_HELP = "truncate (native window), full (full attention up to --max-length), compressed (CompressedLM)"
+METHOD_HELP = (
+    "truncate (native window), truncate-N (N tokens), full (full attention up to --max-length), "
+    "compressed (CompressedLM)"
+)
 
 
 def _csv(value: str) -> list[str]:
@@ -44,14 +47,14 @@ class _Methods:
     def check(self) -> _Methods:
         """Every option, checked before any model loads and before any folder is made."""
         from selfctx.checks import check_device, check_dtype, check_positive
-        from selfctx.eval.methods import METHOD_KINDS
+        from selfctx.eval.methods import METHOD_KINDS, truncation_limit
         from selfctx.models import resolve_model
 
-        unknown = [m for m in self.methods if m not in METHOD_KINDS]
+        unknown = [m for m in self.methods if m not in METHOD_KINDS and truncation_limit(m) is None]
         if unknown or not self.methods:
             raise SelfctxError(
                 f"--method {', '.join(unknown) or '(none)'} is not a method: pick from "
-                f"{', '.join(METHOD_KINDS)}"
+                f"{', '.join(METHOD_KINDS)}, truncate-N"
             )
         if self.backend not in BACKENDS:
             raise SelfctxError(
@@ -77,7 +80,7 @@ class _Methods:
 
     def load(self) -> list:
         """The methods over one loaded model (call `check` first)."""
-        from selfctx.eval.methods import LlamaCppMethod, build_method
+        from selfctx.eval.methods import LlamaCppMethod, build_method, truncation_limit
         from selfctx.models import load_causal_lm, load_tokenizer, resolve_model
 
         spec = resolve_model(self.model)
@@ -88,8 +91,8 @@ class _Methods:
                     str(spec.gguf_path),
                     tokenizer,
                     name=f"{m}-llamacpp",
-                    limit="native" if m == "truncate" else None,
-                    n_ctx=None if m == "truncate" else 16_384,
+                    limit=truncation_limit(m),
+                    n_ctx=None if truncation_limit(m) is not None else 16_384,
                 )
                 for m in self.methods
             ]

@@ -310,6 +310,21 @@ class LlamaCppMethod:
 METHOD_KINDS = ("truncate", "full", "compressed")
 
 
+def truncation_limit(kind: str) -> str | int | None:
+    """The prompt limit a method name asks for: "native" for `truncate`, N for `truncate-N` (the capped
+    native window a battery was trained under, say), None for anything else; a bad N raises."""
+    if kind == "truncate":
+        return "native"
+    if not kind.startswith("truncate-"):
+        return None
+    digits = kind.removeprefix("truncate-")
+    if not digits.isdigit() or int(digits) < 1:
+        raise SelfctxError(
+            f"--method {kind}: write truncate-N with N a positive number of tokens (truncate-1024)"
+        )
+    return int(digits)
+
+
 def build_method(
     kind: str,
     model: PreTrainedModel,
@@ -322,16 +337,17 @@ def build_method(
 ) -> Method:
     """One method over an already loaded model (several methods can share it).
 
-    truncate    the model's native window (prompt middle-truncated to fit with the generation budget)
+    truncate    the model's native window (prompt middle-truncated to fit with the generation budget);
+                truncate-N the same at N tokens
     full        full attention up to the runner's maximum (LongBench: 15,500 tokens)
     compressed  selfctx.compress.CompressedLM: trained experts from `experts`, or untrained (zero-LoRA)
                 experts when none are given (memory tokens read through the base weights); `window`
                 None = the window the experts were trained with (1024 for untrained ones)
     """
-    if kind == "truncate":
-        return HFMethod(
-            model, tokenizer, name=f"truncate-{native_context(model)}", limit="native", batch_size=batch_size
-        )
+    limit = truncation_limit(kind)
+    if limit is not None:
+        size = native_context(model) if limit == "native" else limit
+        return HFMethod(model, tokenizer, name=f"truncate-{size}", limit=limit, batch_size=batch_size)
     if kind == "full":
         return HFMethod(model, tokenizer, name="full", limit=None, batch_size=batch_size)
     if kind == "compressed":
