@@ -10,10 +10,14 @@
 # Device call 1 (carry .gpu-stage/part00 and .gpu-stage/kvwhl-a):
 #   mkdir -p ~/m && cp -r .gpu-stage/part00 .gpu-stage/kvwhl-a ~/m/
 # Device call 2, within ~30 s (carry .gpu-stage/part01, sha256, whl, data, kvwhl-b, battery):
-#   bash benchmarks/gpu/eval_h200.sh [ITEMS] [RATIO]
+#   bash benchmarks/gpu/eval_h200.sh [ITEMS] [RATIO] [OTHER_RATIOS] [SKIP]
+# OTHER_RATIOS (e.g. 4,16): presses also at these, after everything else at RATIO; SKIP: needle methods
+# already scored on the same items elsewhere (e.g. untrained).
 set -uo pipefail
 items=${1:-100}
 ratio=${2:-8}
+other_ratios=${3:-}
+skip=${4:-}
 stage=.gpu-stage
 work=/tmp/selfctx-eval
 mkdir -p "$work"
@@ -28,22 +32,26 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
 pack() { tar czf "$OUT/results.tar.gz" -C "$work" . 2>/dev/null; }
 
 echo "== needle as 4-way choice, 4K, $items items" | tee -a "$log"
-PYTHONPATH=/tmp/site:src timeout 240 python3 benchmarks/gpu/experts_h200.py run --battery "$stage/battery" \
+PYTHONPATH=/tmp/site:src timeout 170 python3 benchmarks/gpu/experts_h200.py run --battery "$stage/battery" \
     --data "$stage/data" --haystack "$stage/data/haystack" --out "$work/needle-mc" --work "$work" \
-    --dtype float32 --lengths 4000 --items "$items" --eval-seconds 170 2>&1 | tee -a "$log"
+    --dtype float32 --lengths 4000 --items "$items" --eval-seconds 130 --skip "$skip" 2>&1 | tee -a "$log"
 pack
 
-echo "== kvpress presses at x$ratio on the same items" | tee -a "$log"
-PYTHONPATH=/tmp/kvsite:/tmp/site timeout 160 python3 benchmarks/kvpress/run_presses.py \
-    --gguf "$stage/smollm2.gguf" --out "$work/kvpress" --items "$work/items-4000.jsonl" --device cuda \
-    --presses streaming_llm,snapkv,expected_attention,kvzip,snapkv_question,none --ratios "$ratio" \
-    2>&1 | grep -v " item [0-9]*:" | tee -a "$log"
-pack
+presses() {  # RATIOS SECONDS: the presses on the needle items, each row resumable
+    echo "== kvpress presses at x$1 on the same items" | tee -a "$log"
+    PYTHONPATH=/tmp/kvsite:/tmp/site timeout "$2" python3 benchmarks/kvpress/run_presses.py \
+        --gguf "$stage/smollm2.gguf" --out "$work/kvpress" --items "$work/items-4000.jsonl" --device cuda \
+        --presses streaming_llm,snapkv,expected_attention,kvzip,snapkv_question,none --ratios "$1" \
+        2>&1 | grep -v " item [0-9]*:" | tee -a "$log"
+    pack
+}
+presses "$ratio" 150
 
 echo "== kv-retrieval, 4K, 30 items" | tee -a "$log"
-PYTHONPATH=/tmp/site:src timeout 130 python3 -m selfctx eval synthetic --model "$stage/smollm2.gguf" \
+PYTHONPATH=/tmp/site:src timeout 110 python3 -m selfctx eval synthetic --model "$stage/smollm2.gguf" \
     --pool "$stage/data/pool" --out "$work/kv-retrieval" --checks kv-retrieval --lengths 4000 --depths 0.5 \
     --samples 30 --method compressed,truncate-1024,full --experts "$stage/battery" --dtype float32 --device cuda \
     2>&1 | tee -a "$log"
 pack
-ls -R "$work" | head -40 >> "$log"
+[ -n "$other_ratios" ] && presses "$other_ratios" 70
+ls -R "$work" | head -60 >> "$log"

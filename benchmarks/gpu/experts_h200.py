@@ -146,6 +146,8 @@ def evaluate(
         f"truncate-{truncate}": (trained, 1, truncate),
         "untrained": (untrained, None, None),
     }
+    # --skip: methods already scored on these items elsewhere (`truncate` names the truncation row)
+    methods = {k: v for k, v in methods.items() if k.split("-")[0] not in args.skip}
     rows: dict[str, Any] = {}
     deadline = time.perf_counter() + args.eval_seconds
     for length in args.lengths:
@@ -234,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
         "--answer-budget", type=int, default=128, help="question + answer tokens the router keeps"
     )
     run.add_argument("--set", action="append", default=[], help="extra experts config override (repeatable)")
+    run.add_argument(
+        "--skip", type=lambda s: [m for m in s.split(",") if m], default=[],
+        help="comma-separated methods not to score: full, truncate, untrained",
+    )  # fmt: skip
     run.add_argument(
         "--battery",
         type=Path,

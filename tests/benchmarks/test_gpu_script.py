@@ -108,11 +108,12 @@ def test_a_run_stopped_by_its_time_limit_scores_the_weights_it_reached(tmp_path:
         ["run", "--model", "tiny", "--data", str(stage), "--haystack", str(stage / "haystack"),
          "--out", str(again), "--work", str(tmp_path / "work2"), "--battery", str(battery),
          "--dtype", "float32", "--lengths", "300", "--items", "4", "--chunk", "2", "--eval-seconds", "1e-6",
-         "--answer-budget", "32"]
+         "--answer-budget", "32", "--skip", "truncate"]
     )  # fmt: skip
     again_rows = json.loads((again / "results.json").read_text())["rows"]
     assert json.loads((again / "results.json").read_text())["steps"] == {}
-    for name in ("experts@300", "untrained@300", "full@300"):
+    assert set(again_rows) == {"experts@300", "untrained@300", "full@300"}  # truncation skipped
+    for name in again_rows:
         assert again_rows[name]["per_item"] == rows[name]["per_item"]
     items = (tmp_path / "work2" / "items-300.jsonl").read_text().splitlines()
     assert len(items) == 4 and {"context", "question", "choices", "label"} <= set(json.loads(items[0]))
