@@ -45,8 +45,13 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (pool / "passages-00000.done.json").write_text("{}")
     experts = tmp_path / "not-experts"
     experts.mkdir()
+    trained = tmp_path / "trained"  # battery.json alone: what the checks read (no weights are loaded)
+    trained.mkdir()
+    mechanism = {"window": 64, "native_context": 1024, "sink": 1}
+    (trained / "battery.json").write_text(json.dumps({"kind": "lora", "ratios": [8], "mechanism": mechanism}))
     out = tmp_path / "out"
-    return {"model": model, "data": data, "hay": hay, "pool": pool, "experts": experts, "out": out}
+    return {"model": model, "data": data, "hay": hay, "pool": pool, "experts": experts, "trained": trained,
+            "out": out}  # fmt: skip
 
 
 def assert_refused_before_loading(args: list[str], name: str, out: Path, calls: list[str]) -> None:
@@ -68,6 +73,8 @@ LONGBENCH_CASES = [
     (["--batch-size", "0"], "--batch-size"),
     (["--method", "compressed", "--experts", "{experts}"], "--experts"),
     (["--method", "compressed", "--ratio", "3"], "--ratio"),
+    # the experts were trained under a 1024-token native context: a 2048-token window cannot fit it
+    (["--method", "compressed", "--experts", "{trained}", "--window", "2048"], "--window"),
 ]
 
 
@@ -75,7 +82,7 @@ LONGBENCH_CASES = [
 def test_longbench_refuses_bad_arguments_before_loading(
     extra: list[str], name: str, files: dict[str, Path], no_loading: list[str], tmp_path: Path
 ) -> None:
-    extra = [e.format(tmp=tmp_path, experts=files["experts"]) for e in extra]
+    extra = [e.format(tmp=tmp_path, experts=files["experts"], trained=files["trained"]) for e in extra]
     args = ["eval", "longbench", "--out", str(files["out"]), "--model", str(files["model"])]
     args += ["--data-dir", str(files["data"]), "--datasets", "trec", "--device", "cpu", *extra]
     assert_refused_before_loading(args, name, files["out"], no_loading)

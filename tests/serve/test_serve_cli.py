@@ -91,3 +91,21 @@ def test_smollm2_server_reuses_memory_and_stops_gracefully(tmp_path: object) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_window_the_experts_native_context_cannot_hold_is_refused_before_loading(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    experts = tmp_path / "experts"
+    experts.mkdir()
+    mechanism = {"window": 64, "native_context": 1024}
+    (experts / "battery.json").write_text(json.dumps({"kind": "lora", "ratios": [8], "mechanism": mechanism}))
+    model = tmp_path / "model"  # a model folder that fails to load: the refusal must come before loading
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    done = subprocess.run(
+        _selfctx("serve", "--model", str(model), "--experts", str(experts), "--window", "2048"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--window 2048 must be smaller than the native context" in done.stderr

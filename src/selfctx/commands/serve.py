@@ -63,10 +63,12 @@ def command(
     import uvicorn
 
     from selfctx.compress import CompressedLM
+    from selfctx.compress.model import check_compression_args
     from selfctx.serve import ServeConfig, create_app
 
     if experts is not None and not experts.is_dir():
         raise SelfctxError(f"expert folder {experts} does not exist: pass the folder `selfctx train` wrote")
+    check_compression_args(experts, window=window, native_context=native_context)
     if not 0 <= port <= 65535:
         raise SelfctxError(f"port {port} is out of range: pass 0..65535")
     config = ServeConfig(

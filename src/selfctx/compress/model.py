@@ -87,11 +87,17 @@ def check_compression_args(
 
     check_positive(window, "--window")
     check_positive(native_context, "--native-context")
-    if window is not None and native_context is not None and window >= native_context:
-        raise SelfctxError(
-            f"--window {window} must be smaller than --native-context {native_context}: lower --window"
-        )
     meta = read_battery_meta(experts, "--experts") if experts is not None else None
+    # an unset native context is the one the experts were trained under (as from_pretrained resolves it)
+    trained_native = (meta.get("mechanism") or {}).get("native_context") if meta else None
+    native = native_context if native_context is not None else trained_native
+    if window is not None and native is not None and window >= int(native):
+        where = (
+            "--native-context"
+            if native_context is not None
+            else f"the native context {experts} was trained with,"
+        )
+        raise SelfctxError(f"--window {window} must be smaller than {where} {native}: lower --window")
     available = tuple(int(r) for r in meta["ratios"]) if meta else untrained_ratios(window or DEFAULT_WINDOW)
     if meta and window is not None:
         bad = [r for r in available if window % r]
