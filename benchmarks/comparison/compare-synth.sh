@@ -1,7 +1,7 @@
 #!/bin/sh
 # The held-out synthetic checks for the same seven methods (the needle rows are already in runs/compare).
-cd /work/main && . .venv/bin/activate
-H=/work/shared/data/paul_graham_essays
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" && . .venv/bin/activate
+H=${HAYSTACK:-../shared/data/paul_graham_essays}  # the needle haystack beside the checkout
 echo "=== compare synthetic $(date -u +%H:%M:%S) $(uptime)"
 python benchmarks/compare_methods.py --haystack $H --out runs/compare \
   --experts synth=runs/experts-cpu-synth/experts --experts nosynth=runs/experts-cpu-nosynth/experts \

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The comparison of issues 4/5/8 at CPU scale, then the short finetune run and its row in the same report.
-cd /work/main && . .venv/bin/activate
-H=/work/shared/data/paul_graham_essays
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" && . .venv/bin/activate
+H=${HAYSTACK:-../shared/data/paul_graham_essays}  # the needle haystack beside the checkout
 echo "=== compare $(date -u +%H:%M:%S) $(uptime)"
 python benchmarks/compare_methods.py --haystack $H --out runs/compare \
   --experts synth=runs/experts-cpu-synth/experts --experts nosynth=runs/experts-cpu-nosynth/experts \

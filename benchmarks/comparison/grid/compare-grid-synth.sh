@@ -1,6 +1,6 @@
 #!/bin/sh
 # Held-out synthetic checks at 8K and 16K (depth 0.5) for the grid's methods, then one report of everything.
-cd /work/main && . .venv/bin/activate
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" && . .venv/bin/activate
 while pgrep -f compare-grid.sh > /dev/null; do sleep 20; done
 COMMON="--out runs/compare-grid --native-context 8192 --ratio 8 --synthetic runs/pool-seed0 --exclude-from runs/synth-train --synthetic-depths 0.5"
 EXP="--experts synth=runs/experts-cpu-synth/experts --experts nosynth=runs/experts-cpu-nosynth/experts --experts clone=runs/experts-cpu-clone/experts --untrained --truncate 1024"

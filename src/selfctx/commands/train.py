@@ -1,4 +1,4 @@
-"""`selfctx train`: compression experts (issue #4) or long-context fine-tuning (issue #8), one shared loop.
+"""`selfctx train`: compression experts or long-context fine-tuning, one shared loop.
 
     selfctx train --method experts --preset smollm2-cpu
     selfctx train --method experts --preset smollm2-cpu --config configs/experts-nosynth.yaml  # a variant

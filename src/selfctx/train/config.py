@@ -3,7 +3,7 @@
     cfg = load_config(FinetuneConfig, "configs/train-smollm2-cpu.yaml", ["optim.lr=1e-4"])
 
 `LoopConfig` is everything the generic loop needs (optimizer, schedule, precision, checkpoints, logging);
-`DataConfig` describes the data mix; `FinetuneConfig` adds the model, RoPE scaling and LoRA for issue #8.
+`DataConfig` describes the data mix; `FinetuneConfig` adds the model, RoPE scaling and LoRA.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`selfctx train --method experts` (issue #4): train the compression experts on the data mix.
+"""`selfctx train --method experts`: train the compression experts on the data mix.
 
 Each LoRA expert trains at its own fixed ratio, one after the other (or one per rank with
 `parallel: expert_per_rank` under torchrun), with the shared loop: OUTPUT/r<ratio>/ holds that expert's

@@ -1,4 +1,4 @@
-"""`selfctx train --method finetune` (issue #8): extend the window with RoPE scaling, then train LoRA (peft)
+"""`selfctx train --method finetune`: extend the window with RoPE scaling, then train LoRA (peft)
 or all weights on the data mix with the shared loop, and save something plain transformers + peft load.
 
 OUTPUT/final/ holds: adapter_config.json + adapter_model.safetensors (LoRA) or the full weights, the scaled
