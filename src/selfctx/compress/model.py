@@ -93,11 +93,11 @@ def check_compression_args(
     native = native_context if native_context is not None else trained_native
     if window is not None and native is not None and window >= int(native):
         where = (
-            "--native-context"
+            f"--native-context {native}"
             if native_context is not None
-            else f"the native context {experts} was trained with,"
+            else f"the native context {native} that {experts} was trained with"
         )
-        raise SelfctxError(f"--window {window} must be smaller than {where} {native}: lower --window")
+        raise SelfctxError(f"--window {window} must be smaller than {where}: lower --window")
     available = tuple(int(r) for r in meta["ratios"]) if meta else untrained_ratios(window or DEFAULT_WINDOW)
     if meta and window is not None:
         bad = [r for r in available if window % r]
