@@ -6,7 +6,7 @@
 # cannot starve the rest; everything lands in $OUT/log and $OUT/results.tar.gz.
 #
 # Here (CPU), once: ../shared/tools/stage-smollm2; python benchmarks/gpu/experts_h200.py prepare;
-#   bash benchmarks/gpu/stage_wheels.sh; copy the battery to .gpu-stage/battery
+#   bash benchmarks/gpu/stage_eval.sh; copy the battery to .gpu-stage/battery
 # Device call 1 (carry .gpu-stage/part00 and .gpu-stage/kvwhl-a):
 #   mkdir -p ~/m && cp -r .gpu-stage/part00 .gpu-stage/kvwhl-a ~/m/
 # Device call 2, within ~30 s (carry .gpu-stage/part01, sha256, whl, data, kvwhl-b, battery):
