@@ -30,12 +30,11 @@ TASK = "selfctx_needle_mc"
 def write_task(args: argparse.Namespace, tokenizer: Any, folder: Path) -> None:
     """Items as a local jsonl plus the lm-eval task YAML that reads it (no hub access)."""
     from selfctx.eval.needle import load_haystack
-    from selfctx.eval.needle_mc import make_items
+    from selfctx.eval.needle_mc import make_items, write_items
 
     items = make_items(tokenizer, load_haystack(args.haystack), args.length, args.items, args.seed)
-    folder.mkdir(parents=True, exist_ok=True)
     data = folder / "items.jsonl"
-    data.write_text("".join(json.dumps(item.to_json()) + "\n" for item in items), encoding="utf-8")
+    write_items(data, items)
     (folder / "task.yaml").write_text(
         f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n"
         "test_split: test\noutput_type: multiple_choice\n"

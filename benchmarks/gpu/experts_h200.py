@@ -117,7 +117,7 @@ def evaluate(
 
     from selfctx.compress import CompressedLM
     from selfctx.eval.needle import load_haystack
-    from selfctx.eval.needle_mc import make_items, score_items, summarize
+    from selfctx.eval.needle_mc import make_items, score_items, summarize, write_items
     from selfctx.train.config import ModelSettings
     from selfctx.train.experts import load_base
 
@@ -152,10 +152,7 @@ def evaluate(
     deadline = time.perf_counter() + args.eval_seconds
     for length in args.lengths:
         items = make_items(tokenizer, haystack, length, args.items, seed=0)
-        # the items as harness_needle_mc.py writes them, for runners in other environments (kvpress)
-        args.work.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps(item.to_json()) + "\n" for item in items)
-        (args.work / f"items-{length}.jsonl").write_text(lines, encoding="utf-8")
+        write_items(args.work / f"items-{length}.jsonl", items)  # for runners in other environments (kvpress)
         n = len(tokenizer(items[0].context)["input_ids"])
         scored: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
         seconds = dict.fromkeys(methods, 0.0)

@@ -11,9 +11,12 @@ per context, the choice with the highest summed log-likelihood wins — for mach
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfctx.compress.scoring import middle_truncate, score_continuations
@@ -107,6 +110,12 @@ def score_items(
         best = max(range(len(scores)), key=lambda k: scores[k][0])
         per_item.append({"depth": item.depth, "correct": best == item.label})
     return summarize(per_item)
+
+
+def write_items(path: Path, items: Sequence[ChoiceItem]) -> None:
+    """The items as one JSON object a line: what the lm-eval task YAML and the kvpress runner read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(item.to_json()) + "\n" for item in items), encoding="utf-8")
 
 
 def summarize(per_item: list[dict[str, Any]]) -> dict[str, Any]:
