@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfctx.compress import CompressedLM
+from selfctx.compress.decode import DecodeRow, decode_rows
 from selfctx.fsutil import current_umask
 from selfctx.serve.context import ChatMessage, split_chat, split_text
-from selfctx.serve.decode import DecodeRow, decode_rows
 from selfctx.serve.memory_store import MemoryStore, memory_footprint
 
 from .conftest import document
@@ -31,6 +31,16 @@ def test_batched_rows_equal_rows_alone_and_lm_generate(lm: CompressedLM) -> None
         assert len(batch[i].token_ids) == 6 + i and batch[i].finish_reason == "length"
         reference = lm.generate(memory=memory, prompt=q, max_new_tokens=6 + i)
         assert batch[i].text == reference.text
+
+
+def test_lm_generate_batch_equals_one_prompt_at_a_time(lm: CompressedLM) -> None:
+    memory = lm.compress(document("b"), budget=128)
+    questions = ["Who?", "A much longer question about the document, if you please?"]
+    batch = lm.generate(memory=memory, prompt=questions, max_new_tokens=7)
+    for i, q in enumerate(questions):
+        alone = lm.generate(memory=memory, prompt=q, max_new_tokens=7)
+        assert batch.texts[i] == alone.text
+        assert batch.completion_tokens[i] == alone.completion_tokens[0]
 
 
 def test_streamed_deltas_add_up_and_stop_strings_cut(lm: CompressedLM) -> None:

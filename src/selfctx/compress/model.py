@@ -23,10 +23,10 @@ from torch.utils.checkpoint import checkpoint
 
 from selfctx.compress.adapters import MemoryInput
 from selfctx.compress.battery import DEFAULT_RATIOS, ExpertBattery, Route, read_battery_meta, route
+from selfctx.compress.decode import DecodeRow, decode_rows
 from selfctx.compress.engine import (
     AttentionPattern,
     BaseParts,
-    KVCache,
     LayerMemory,
     cache_from_memory,
     compress_group,
@@ -481,7 +481,7 @@ class CompressedLM(nn.Module):
         chat: bool = True,
     ) -> GenerationResult:
         """Answer one prompt or a batch of prompts over a context (compressed here) or a given Memory."""
-        tokenizer = self._require_tokenizer()
+        self._require_tokenizer()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         started = time.perf_counter()
         reused = memory is not None
@@ -493,20 +493,23 @@ class CompressedLM(nn.Module):
         self.check_memory(memory)
         compressed_at = time.perf_counter()
         suffixes = [self.split_chat("", p)[1] if chat else p for p in prompts]
-        tail = memory.tail_ids.tolist()
-        rows = [tail + self._encode(s) for s in suffixes]
-        prompt_lengths = [len(r) - len(tail) for r in rows]
-        positions_needed = memory.num_entries + max(len(r) for r in rows) + max_new_tokens
-        if positions_needed > self.native_context:
+        prompt_ids = [self._encode(s) for s in suffixes]
+        prompt_lengths = [len(ids) for ids in prompt_ids]
+        raw = len(memory.tail_ids) + max(prompt_lengths)
+        if memory.num_entries + raw + max_new_tokens > self.native_context:
             raise SelfctxError(
-                f"memory ({memory.num_entries}) + tail and prompt ({max(len(r) for r in rows)}) + "
+                f"memory ({memory.num_entries}) + tail and prompt ({raw}) + "
                 f"{max_new_tokens} new tokens exceed the native context {self.native_context}: "
                 "use a higher ratio or a shorter prompt"
             )
-        completions = self._decode(memory, rows, max_new_tokens, temperature, top_p, seed)
+        rows = [
+            DecodeRow(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+            for ids in prompt_ids
+        ]
+        decode_rows(self, memory, rows)
         finished = time.perf_counter()
         return GenerationResult(
-            texts=[str(tokenizer.decode(c, skip_special_tokens=True)) for c in completions],
+            texts=[row.text for row in rows],
             expert=memory.info.adapter,
             ratio=memory.info.ratio,
             requested_ratio=self.route_for(
@@ -519,7 +522,7 @@ class CompressedLM(nn.Module):
             memory_entries=memory.num_entries,
             context_tokens=memory.info.n_context_tokens,
             prompt_tokens=prompt_lengths,
-            completion_tokens=[len(c) for c in completions],
+            completion_tokens=[len(row.token_ids) for row in rows],
             memory_reused=reused,
             seconds={"compress": compressed_at - started, "generate": finished - compressed_at},
         )
@@ -545,75 +548,6 @@ class CompressedLM(nn.Module):
                 f"memory ({memory.num_entries}) + {len(row)} raw tokens + {max_new_tokens} new tokens exceed "
                 f"the native context {self.native_context}: use a higher ratio or fewer new tokens"
             )
-        return self._decode(memory, [row], max_new_tokens, temperature, top_p, seed)[0]
-
-    def _stop_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (
-            self.tokenizer.eos_token_id if self.tokenizer else None,
-            getattr(self.model.generation_config, "eos_token_id", None),
-        ):
-            if isinstance(source, int):
-                ids.add(source)
-            elif isinstance(source, list):
-                ids.update(int(i) for i in source)
-        return ids
-
-    def _decode(
-        self,
-        memory: Memory,
-        rows: list[list[int]],
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> list[list[int]]:
-        """Batched decoding over a shared memory: rows are left-padded, then extended token by token."""
-        device = self.device
-        batch = len(rows)
-        width = max(len(r) for r in rows)
-        pad = 0
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
-        mask = torch.tensor(
-            [[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device
-        )
-        cache: KVCache = cache_from_memory(
-            self.parts, [LayerMemory(m.keys.to(device), m.values.to(device)) for m in memory.layers], batch
-        )
-        adapter = self.battery.adapter_for(memory.info.ratio) if memory.info.ratio > 1 else None
-        logits, cache = extend(self.parts, cache, ids, mask, adapter=adapter)
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        stop = self._stop_ids()
-        outputs: list[list[int]] = [[] for _ in range(batch)]
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        for _ in range(max_new_tokens):
-            assert logits is not None
-            next_ids = _sample(logits.float(), temperature, top_p, generator)  # (B,)
-            for b in range(batch):
-                if not done[b]:
-                    token = int(next_ids[b])
-                    if token in stop:
-                        done[b] = True
-                    else:
-                        outputs[b].append(token)
-            if bool(done.all()):
-                break
-            logits, cache = extend(
-                self.parts, cache, next_ids[:, None], torch.ones_like(next_ids)[:, None], adapter=adapter
-            )
-        return outputs
-
-
-def _sample(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Greedy when temperature == 0, else temperature + nucleus sampling. logits (B, V) -> ids (B,)."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
+        decoded = DecodeRow(list(ids), max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        decode_rows(self, memory, [decoded])
+        return decoded.token_ids

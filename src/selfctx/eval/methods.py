@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from selfctx.errors import SelfctxError
+from selfctx.sampling import eos_token_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -126,18 +127,10 @@ class HFMethod:
         return out
 
     def _stop_ids(self, stop_at_newline: bool) -> list[int]:
-        ids: list[int] = []
-        for source in (
-            self._tokenizer.eos_token_id,
-            getattr(self.model.generation_config, "eos_token_id", None),
-        ):
-            if isinstance(source, int):
-                ids.append(source)
-            elif isinstance(source, list):
-                ids.extend(int(i) for i in source)
+        ids = eos_token_ids(self._tokenizer, self.model.generation_config)
         if stop_at_newline:
-            ids.append(self._tokenizer.encode("\n", add_special_tokens=False)[-1])
-        return sorted(set(ids))
+            ids.add(self._tokenizer.encode("\n", add_special_tokens=False)[-1])
+        return sorted(ids)
 
     def _generate_batch(self, batch: list[Request]) -> list[Prediction]:
         import torch

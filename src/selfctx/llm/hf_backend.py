@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfctx.llm.base import LLM, ChatRequest, Completion
 from selfctx.models import ModelSpec, load_causal_lm, resolve_model
+from selfctx.sampling import eos_token_ids, nucleus_choice
 
 if TYPE_CHECKING:
     import torch
@@ -41,19 +42,11 @@ class _RowSampler:
             return scores
         temps = torch.tensor([self.temps[row] for row in rows], device=scores.device).unsqueeze(1)
         probs = torch.softmax(scores[rows].float() / temps, dim=-1)
-        # The nucleus almost always lies in the top few hundred tokens: a top-k costs far less than sorting
-        # the whole vocabulary, and where its mass falls short of top_p the full sort keeps sampling exact.
-        top_probs, top_ids = torch.topk(probs, min(512, probs.shape[-1]), dim=-1)
         out = scores.clone()
         for j, row in enumerate(rows):
-            top_p = self.top_ps[row]
-            p, ids = top_probs[j], top_ids[j]
-            if top_p >= 1.0 or float(p.sum()) < top_p:
-                p, ids = torch.sort(probs[j], descending=True)
-            keep = torch.cumsum(p, dim=0) - p < top_p if top_p < 1.0 else torch.ones_like(p, dtype=torch.bool)
-            choice = torch.multinomial(p[keep], 1, generator=self.generators[row])
+            choice = nucleus_choice(probs[j], self.top_ps[row], self.generators[row])
             out[row] = torch.finfo(out.dtype).min
-            out[row, ids[keep][choice]] = 0
+            out[row, choice] = 0
         return out
 
 
@@ -97,10 +90,7 @@ class HFLLM(LLM):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        eos = {tokenizer.eos_token_id}
-        configured = getattr(model.generation_config, "eos_token_id", None)
-        eos.update(configured if isinstance(configured, list) else [configured])
-        self.eos_ids = sorted(int(e) for e in eos if e is not None)
+        self.eos_ids = sorted(eos_token_ids(tokenizer, model.generation_config))
 
     @classmethod
     def load(

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfctx.compress import CompressedLM, Memory
+from selfctx.compress.decode import DecodeRow, decode_rows
 from selfctx.errors import SelfctxError
 from selfctx.serve.compressing import Abandoned, compress_unless_abandoned
 from selfctx.serve.config import ServeConfig
 from selfctx.serve.context import Fits, Mode, Split
-from selfctx.serve.decode import DecodeRow, decode_rows
 from selfctx.serve.memory_store import MemoryStore, memory_footprint, memory_key
 
 

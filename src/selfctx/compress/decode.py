@@ -1,20 +1,24 @@
-"""Token-streaming batched decoding over one shared compressed memory.
-
-`CompressedLM.generate` decodes a batch with one set of sampling settings and returns finished texts; a server
-needs per-request max_tokens / temperature / top_p / seed / stop strings and the text as it is written. This
-drives the same engine steps (`cache_from_memory` + `extend`) as `CompressedLM._decode`: rows are the
-memory's raw tail + each request's prompt tokens, left-padded; finished rows stop attending (mask 0).
+"""Batched decoding over one shared compressed memory, the one decoder of `CompressedLM.generate` and the
+server: each row has its own max_tokens / temperature / top_p / seed / stop strings, and its text can stream
+as it becomes final. Rows are the memory's raw tail + each row's prompt tokens, left-padded; finished rows
+stop attending (mask 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from selfctx.compress import CompressedLM, Memory
 from selfctx.compress.engine import LayerMemory, cache_from_memory, extend
+from selfctx.errors import SelfctxError
+from selfctx.sampling import eos_token_ids, sample_token
+
+if TYPE_CHECKING:  # the model module calls this one
+    from selfctx.compress.memory import Memory
+    from selfctx.compress.model import CompressedLM
 
 
 @dataclass
@@ -37,34 +41,6 @@ class DecodeRow:
     @property
     def done(self) -> bool:
         return bool(self.finish_reason)
-
-
-def stop_token_ids(lm: CompressedLM) -> set[int]:
-    ids: set[int] = set()
-    sources = (
-        lm.tokenizer.eos_token_id if lm.tokenizer else None,
-        getattr(lm.model.generation_config, "eos_token_id", None),
-    )
-    for source in sources:
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, list):
-            ids.update(int(i) for i in source)
-    return ids
-
-
-def sample_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Greedy at temperature 0, else temperature + nucleus sampling. logits (V,) -> token id."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the most likely token
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
 def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
@@ -102,9 +78,14 @@ def _flush(row: DecodeRow) -> None:
 
 @torch.no_grad()
 def decode_rows(lm: CompressedLM, memory: Memory, rows: list[DecodeRow]) -> None:
-    """Decode every row over `memory` as one batch; fills token_ids, text and finish_reason of each row."""
-    assert lm.tokenizer is not None
+    """Decode every row over `memory` as one batch; fills token_ids, text and finish_reason of each row. Text
+    is followed step by step only for rows that stream or have stop strings; the others get it at the end."""
     tokenizer = lm.tokenizer
+    follows_text = [bool(row.stop) or row.on_text is not None for row in rows]
+    if tokenizer is None and any(follows_text):
+        raise SelfctxError(
+            "stop strings and streamed text need a tokenizer: load the model with its tokenizer"
+        )
     device = lm.device
     tail = memory.tail_ids.tolist()
     sequences = [tail + row.prompt_ids for row in rows]
@@ -123,7 +104,7 @@ def decode_rows(lm: CompressedLM, memory: Memory, rows: list[DecodeRow]) -> None
         else None
         for row in rows
     ]
-    stops = stop_token_ids(lm)
+    stops = eos_token_ids(tokenizer, lm.model.generation_config)
     for row in rows:
         if row.max_tokens <= 0:
             row.finish_reason = "length"
@@ -150,11 +131,15 @@ def decode_rows(lm: CompressedLM, memory: Memory, rows: list[DecodeRow]) -> None
             row.token_ids.append(token)
             if len(row.token_ids) >= row.max_tokens:
                 row.finish_reason = "length"
-            _advance_text(row, str(tokenizer.decode(row.token_ids, skip_special_tokens=True)))
+            if follows_text[b]:
+                assert tokenizer is not None
+                _advance_text(row, str(tokenizer.decode(row.token_ids, skip_special_tokens=True)))
         if all(row.done for row in rows):
             break
         step = torch.tensor(next_ids, dtype=torch.long, device=device)[:, None]  # (B, 1)
         alive = torch.tensor([0 if row.done else 1 for row in rows], dtype=torch.long, device=device)[:, None]
         logits, cache = extend(lm.parts, cache, step, alive, adapter=adapter)
-    for row in rows:
+    for row, follows in zip(rows, follows_text, strict=True):
+        if not follows and tokenizer is not None:
+            row.text = str(tokenizer.decode(row.token_ids, skip_special_tokens=True))
         _flush(row)
