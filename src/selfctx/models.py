@@ -247,11 +247,31 @@ def _apply_finetune(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
     from peft import PeftModel
     from transformers import AutoConfig
 
-    from selfctx.train.rope import set_rope_parameters
-
     scaled = AutoConfig.from_pretrained(adapter)
     params = getattr(scaled, "rope_parameters", None)
     if params and params.get("rope_type", "default") != "default":
         set_rope_parameters(model, dict(params), int(scaled.max_position_embeddings))
     merged: PreTrainedModel = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return merged
+
+
+def set_rope_parameters(model: torch.nn.Module, params: dict[str, Any], max_positions: int) -> None:
+    """Write `rope_parameters` and max_position_embeddings into model.config, rebuild the rotary modules."""
+    import torch
+
+    config: Any = model.config
+    config.rope_parameters = params
+    config.max_position_embeddings = max_positions
+    config.validate_rope()
+    rebuilt = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            inv_freq = getattr(child, "inv_freq", None)
+            if type(child).__name__.endswith("RotaryEmbedding") and isinstance(inv_freq, torch.Tensor):
+                fresh = type(child)(config=getattr(child, "config", config))
+                setattr(parent, name, fresh.to(inv_freq.device))
+                rebuilt += 1
+    if rebuilt == 0:
+        raise SelfctxError(
+            f"{type(model).__name__} has no rotary-embedding module to rescale: use rope.type=none"
+        )

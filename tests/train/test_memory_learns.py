@@ -16,7 +16,8 @@ from selfctx.compress import CompressedLM, ExpertBattery
 from selfctx.compress.engine import cache_from_memory, extend
 from selfctx.tiny import tiny_llama
 from selfctx.train.config import LoopConfig, OptimConfig
-from selfctx.train.data import IGNORE_INDEX, Example, collate
+from selfctx.train.data import collate
+from selfctx.train.examples import IGNORE_INDEX, Example
 from selfctx.train.experts import CompressionObjective, ExpertModule, ObjectiveSettings
 from selfctx.train.loop import Trainer
 

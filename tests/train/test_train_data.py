@@ -8,7 +8,8 @@ import pytest
 from selfctx.errors import SelfctxError
 from selfctx.tiny import tiny_tokenizer
 from selfctx.train.config import DataConfig, DataSource
-from selfctx.train.data import IGNORE_INDEX, DataMix, Example, MixBatches, build_mix, pack_text, tokenize_chat
+from selfctx.train.data import DataMix, MixBatches, build_mix
+from selfctx.train.examples import IGNORE_INDEX, Example, pack_text, tokenize_chat
 
 
 def test_answer_only_labels_cover_exactly_the_assistant_turn() -> None:

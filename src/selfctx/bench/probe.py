@@ -109,7 +109,8 @@ class _ProbeBatches:
         return self.batch * world
 
     def micro_batches(self, step: int, rank: int, world: int, device: Any) -> list[dict[str, Any]]:
-        from selfctx.train.data import IGNORE_INDEX, Example, collate
+        from selfctx.train.data import collate
+        from selfctx.train.examples import IGNORE_INDEX, Example
 
         rng = random.Random(f"probe-train-{self.seed}-{step}-{rank}")
         examples = []
@@ -315,7 +316,7 @@ def command(
 def recall_items(tokenizer: Any, texts: list[str], n: int, low: int, high: int) -> list[ProbeItem]:
     """Held-out samples of the training `recall` source (seed 1; training draws seed 0): 1-3 facts hidden
     among `texts`, a question about one; the item's answer is the value's tokens."""
-    from selfctx.train.data import IGNORE_INDEX
+    from selfctx.train.examples import IGNORE_INDEX
     from selfctx.train.recall import recall_examples
 
     special = set(tokenizer.all_special_ids)

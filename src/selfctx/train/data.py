@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,24 +21,14 @@ import numpy as np
 from selfctx.errors import SelfctxError
 from selfctx.progress import progress
 from selfctx.train.config import DataConfig, DataSource
+from selfctx.train.examples import IGNORE_INDEX, Example, pack_text, tokenize_chat
+from selfctx.train.recall import DEFAULT_SAMPLES, recall_examples, repeat_examples
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Example:
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]  # IGNORE_INDEX where no loss is taken; same length as input_ids
-    source: str
-
-    @property
-    def n_targets(self) -> int:
-        return sum(1 for t in self.labels[1:] if t != IGNORE_INDEX)
 
 
 # ---------------------------------------------------------------------------------------------- reading rows
@@ -113,48 +102,6 @@ def check_sources(cfg: DataConfig) -> None:
 # ------------------------------------------------------------------------------------------------ tokenizing
 
 
-def tokenize_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> Example | None:
-    """Token ids of the rendered conversation; labels only on the assistant turns (answer-only loss).
-
-    Assistant spans are located in the rendered text by rendering growing prefixes of the conversation
-    (chat templates are prefix-consistent), then mapped to tokens through the tokenizer's offsets.
-    """
-    messages = list(messages)
-    if not messages or messages[-1].get("role") != "assistant":
-        return None
-    render = tokenizer.apply_chat_template
-    full = str(render(messages, tokenize=False))
-    spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant" or i == 0:
-            continue
-        start_text = str(render(messages[:i], tokenize=False, add_generation_prompt=True))
-        end_text = str(render(messages[: i + 1], tokenize=False))
-        if not full.startswith(start_text) or not full.startswith(end_text):
-            raise SelfctxError(
-                "the tokenizer's chat template is not prefix-consistent, so assistant tokens cannot be "
-                "located: use a model whose template renders a conversation as the concatenation of its turns"
-            )
-        spans.append((len(start_text), len(end_text)))
-    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    labels = [IGNORE_INDEX] * len(ids)
-    for k, (char_start, _) in enumerate(encoded["offset_mapping"]):
-        if any(start <= char_start < end for start, end in spans):
-            labels[k] = ids[k]
-    return Example(tuple(ids), tuple(labels), "chat")
-
-
-def pack_text(token_stream: Sequence[int], length: int, min_tokens: int, source: str) -> list[Example]:
-    """Cut one long token stream into full-length sequences (the tail is kept if >= min_tokens)."""
-    out = []
-    for start in range(0, len(token_stream), length):
-        chunk = tuple(token_stream[start : start + length])
-        if len(chunk) >= min_tokens:
-            out.append(Example(chunk, chunk, source))
-    return out
-
-
 def text_documents(path: str | Path) -> list[str]:
     """The documents of a text source (a .txt/.jsonl file or a folder of them, e.g. a passage pool)."""
     return _texts(_source_files(DataSource(kind="text", path=str(path))))
@@ -174,8 +121,6 @@ def _texts(files: Sequence[Path]) -> list[str]:
 def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: DataConfig) -> list[Example]:
     """Tokenize one source with length filtering (chat) or packing (text)."""
     if source.kind == "recall":
-        from selfctx.train.recall import DEFAULT_SAMPLES, recall_examples
-
         n = cfg.max_samples_per_source or DEFAULT_SAMPLES
         passages = text_documents(source.path) if source.path else None
         examples = recall_examples(
@@ -189,8 +134,6 @@ def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: Dat
             )
         return examples
     if source.kind == "repeat":
-        from selfctx.train.recall import DEFAULT_SAMPLES, repeat_examples
-
         n = cfg.max_samples_per_source or DEFAULT_SAMPLES
         passages = text_documents(source.path)
         examples = repeat_examples(tokenizer, n, cfg.min_tokens, cfg.max_tokens, 0, passages)

@@ -34,8 +34,9 @@ from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic
 from selfctx.train import checkpoint as ckpt
 from selfctx.train.config import DataConfig, DataSource, LoopConfig, ModelSettings
-from selfctx.train.data import IGNORE_INDEX, MixBatches, build_mix
+from selfctx.train.data import MixBatches, build_mix
 from selfctx.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
+from selfctx.train.examples import IGNORE_INDEX
 from selfctx.train.loop import Trainer, TrainResult, check_before_loading
 
 TINY = "tiny"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from selfctx.train.data import IGNORE_INDEX
+from selfctx.train.examples import IGNORE_INDEX
 
 
 class Objective(Protocol):

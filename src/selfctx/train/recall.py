@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from selfctx.train.data import Example, tokenize_chat
+from selfctx.train.examples import Example, tokenize_chat
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

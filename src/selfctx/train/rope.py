@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from selfctx.errors import SelfctxError
+from selfctx.models import set_rope_parameters
 from selfctx.train.config import RopeConfig
 
 
@@ -59,23 +59,3 @@ def apply_rope_scaling(model: nn.Module, rope: RopeConfig) -> dict[str, Any] | N
     params, max_positions = rope_parameters_for(model.config, rope)
     set_rope_parameters(model, params, max_positions)
     return params
-
-
-def set_rope_parameters(model: nn.Module, params: dict[str, Any], max_positions: int) -> None:
-    """Write `rope_parameters` and max_position_embeddings into model.config, rebuild the rotary modules."""
-    config: Any = model.config
-    config.rope_parameters = params
-    config.max_position_embeddings = max_positions
-    config.validate_rope()
-    rebuilt = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            inv_freq = getattr(child, "inv_freq", None)
-            if type(child).__name__.endswith("RotaryEmbedding") and isinstance(inv_freq, torch.Tensor):
-                fresh = type(child)(config=getattr(child, "config", config))
-                setattr(parent, name, fresh.to(inv_freq.device))
-                rebuilt += 1
-    if rebuilt == 0:
-        raise SelfctxError(
-            f"{type(model).__name__} has no rotary-embedding module to rescale: use rope.type=none"
-        )
