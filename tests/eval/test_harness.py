@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfctx.compress import scoring
+from selfctx.compress import likelihood
 from selfctx.compress.battery import ExpertBattery
 from selfctx.compress.model import CompressedLM
 from selfctx.errors import SelfctxError
@@ -73,7 +73,7 @@ def test_long_context_scores_its_own_greedy_continuation_as_greedy() -> None:
     greedy = lm.continue_ids(memory, context[-1:], max_new_tokens=6)  # the decoding path
     last_changed = greedy[:-1] + [5 + (greedy[-1] - 5 + 1) % 256]
     continuations = [greedy, last_changed, greedy[:2]]
-    results = scoring.score_continuations(lm, context, continuations, ratio=ratio)  # the scoring path
+    results = likelihood.score_continuations(lm, context, continuations, ratio=ratio)  # the scoring path
     assert [is_greedy for _, is_greedy in results] == [True, False, True]
     assert results[0][0] > results[1][0]  # same prefix, and only the greedy last token is the argmax
 
@@ -118,7 +118,7 @@ def test_batches_and_interleaved_contexts_give_the_one_at_a_time_scores() -> Non
 @pytest.mark.parametrize("ratio,chunk", [(4, 512), (4, 5), (8, 7)])
 def test_rolling_loglikelihood_equals_the_compressed_readout(monkeypatch, ratio: int, chunk: int) -> None:
     lm = randomized_lm(native=512)
-    monkeypatch.setattr(scoring, "_LOGIT_CHUNK", chunk)  # small chunks cross window and tail boundaries
+    monkeypatch.setattr(likelihood, "_LOGIT_CHUNK", chunk)  # small chunks cross window and tail boundaries
     harness = SelfctxLM(lm=lm, ratio=ratio)
     request = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(CONTEXT,), idx=0)
     (total,) = harness.loglikelihood_rolling([request], disable_tqdm=True)
@@ -134,7 +134,7 @@ def test_rolling_loglikelihood_without_compression_is_full_attention() -> None:
     text = CONTEXT[:200]
     ids = [1, *tiny_tokenizer()(text, add_special_tokens=False)["input_ids"]]
     expected, _ = full_attention_logprob(lm, ids[:1], ids[1:])
-    assert scoring.sequence_logprob(lm, ids) == pytest.approx(expected, abs=1e-3)
+    assert likelihood.sequence_logprob(lm, ids) == pytest.approx(expected, abs=1e-3)
 
 
 def test_generate_until_cuts_at_the_first_stop_string() -> None:
@@ -156,13 +156,13 @@ def test_bad_arguments_are_refused_with_a_clear_error() -> None:
     with pytest.raises(SelfctxError, match="ratio 3 has no expert"):
         SelfctxLM(lm=lm, ratio=3)
     with pytest.raises(SelfctxError, match="empty continuation"):
-        scoring.score_continuations(lm, [1, 2, 3], [[]])
+        likelihood.score_continuations(lm, [1, 2, 3], [[]])
     with pytest.raises(SelfctxError, match="at least one context token"):
-        scoring.score_continuations(lm, [], [[4]])
+        likelihood.score_continuations(lm, [], [[4]])
     with pytest.raises(SelfctxError, match="past the native context 128"):
-        scoring.sequence_logprob(lm, list(range(5, 205)), ratio=1)  # 200 raw tokens in a 128 window
+        likelihood.sequence_logprob(lm, list(range(5, 205)), ratio=1)  # 200 raw tokens in a 128 window
     with pytest.raises(SelfctxError, match="past the native context 128"):
-        scoring.sequence_logprob(lm, [5] * 600, ratio=2)  # x2 memory of 600 tokens alone is ~296 entries
+        likelihood.sequence_logprob(lm, [5] * 600, ratio=2)  # x2 memory of 600 tokens alone is ~296 entries
 
 
 def test_registered_with_lm_eval_and_built_from_an_arg_string(monkeypatch) -> None:

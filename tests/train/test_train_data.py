@@ -91,16 +91,20 @@ def test_missing_synth_folder_is_a_clear_error(tmp_path: Path) -> None:
         build_mix(cfg, tiny_tokenizer(), seed=0)
 
 
-@pytest.mark.parametrize("name", ["train-smollm2-cpu.yaml", "train-7b-yarn.yaml"])
-def test_shipped_configs_load_and_start_with_their_command(name: str) -> None:
+def test_shipped_finetune_config_and_preset_load_with_yarn() -> None:
+    from importlib import resources
+
     from selfctx.config import load_config
     from selfctx.train.config import FinetuneConfig
 
-    path = Path(__file__).resolve().parents[2] / "configs" / name
-    first = path.read_text().splitlines()[0]
+    config = Path(__file__).resolve().parents[2] / "configs" / "train-7b-yarn.yaml"
+    first = config.read_text().splitlines()[0]
     assert first.startswith("# ") and "selfctx train --method finetune --config" in first
-    cfg = load_config(FinetuneConfig, path)
-    assert cfg.rope.type == "yarn" and cfg.data.sources
+    preset = resources.files("selfctx.train") / "presets" / "finetune-smollm2-cpu.yaml"
+    with resources.as_file(preset) as preset_path:
+        for path in (config, preset_path):
+            cfg = load_config(FinetuneConfig, path)
+            assert cfg.rope.type == "yarn" and cfg.data.sources
 
 
 def test_length_ramp_serves_short_samples_first_and_reaches_every_length() -> None:

@@ -1,8 +1,8 @@
 """`selfctx train`: compression experts or long-context fine-tuning, one shared loop.
 
     selfctx train --method experts --preset smollm2-cpu
-    selfctx train --method experts --preset smollm2-cpu --config configs/experts-nosynth.yaml  # a variant
-    selfctx train --method finetune --config configs/train-smollm2-cpu.yaml --set loop.max_steps=10
+    selfctx train --method experts --preset smollm2-cpu --config configs/experts-cpu-nosynth.yaml  # a variant
+    selfctx train --method finetune --preset smollm2-cpu --set loop.max_steps=10
     torchrun --nproc_per_node 2 -m selfctx train --method experts --preset ...   # data parallel
 
 A preset is a packaged YAML (selfctx/train/presets/<method>-<name>.yaml); --config is applied on top of it and

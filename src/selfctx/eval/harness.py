@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
+from selfctx.compress.likelihood import middle_truncate, score_continuations, sequence_logprob
 from selfctx.compress.memory import Memory
 from selfctx.compress.model import CompressedLM
-from selfctx.compress.scoring import middle_truncate, score_continuations, sequence_logprob
 from selfctx.errors import SelfctxError
 
 _MISSING = "lm-evaluation-harness is not installed: pip install 'selfctx[harness]' (or lm-eval>=0.4.9)"

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfctx.compress.scoring import middle_truncate, score_continuations
+from selfctx.compress.likelihood import middle_truncate, score_continuations
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

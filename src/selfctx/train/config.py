@@ -1,6 +1,6 @@
 """Training configuration: one frozen dataclass per concern, filled by `selfctx.config.load_config`.
 
-    cfg = load_config(FinetuneConfig, "configs/train-smollm2-cpu.yaml", ["optim.lr=1e-4"])
+    cfg = load_config(FinetuneConfig, "configs/train-7b-yarn.yaml", ["optim.lr=1e-4"])
 
 `LoopConfig` is everything the generic loop needs (optimizer, schedule, precision, checkpoints, logging);
 `DataConfig` describes the data mix; `FinetuneConfig` adds the model, RoPE scaling and LoRA.

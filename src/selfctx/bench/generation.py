@@ -1,7 +1,7 @@
-"""Measure a backend's generation throughput on this machine (not a test): `python -m selfctx.llm.measure`.
+"""Measure a backend's generation throughput on this machine (not a test).
 
-    python -m selfctx.llm.measure --backend llamacpp --instances 1,2 --n 8 --max-tokens 96
-    python -m selfctx.llm.measure --backend hf --batch-size 8
+    python -m selfctx.bench.generation --backend llamacpp --instances 1,2 --n 8 --max-tokens 96
+    python -m selfctx.bench.generation --backend hf --batch-size 8
 
 Prints load time, completion tokens/s over the batch (after one warm-up call) and the machine's load
 average, so figures from a shared machine can be judged.
