@@ -1,7 +1,7 @@
 """The package's import graph: no module imports a higher layer, and no two modules import each other.
 
 Layers, lowest first (a module may import its own layer and the ones below):
-  0 errors, fsutil, progress, checks, config, sampling   shared plumbing
+  0 errors, fsutil, progress, checks, config, sampling, background_server   shared plumbing
   1 models, tiny, compress, llm, synth                   models, compression, generation backends, data
   2 train, eval                                          what consumes them
   3 extend, serve, bench                                 workflows built over training and evaluation
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "selfctx"
 LAYERS = [
-    {"errors", "fsutil", "progress", "checks", "config", "sampling", "__init__"},
+    {"errors", "fsutil", "progress", "checks", "config", "sampling", "background_server", "__init__"},
     {"models", "tiny", "compress", "llm", "synth"},
     {"train", "eval"},
     {"extend", "serve", "bench"},

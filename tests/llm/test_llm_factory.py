@@ -60,7 +60,7 @@ def test_openai_and_echo_and_cache(tmp_path: Path) -> None:
 
 def test_package_and_openai_backend_import_without_torch() -> None:
     code = (
-        "import sys, selfctx.llm, selfctx.llm.openai_backend, selfctx.llm.http_server, selfctx.llm.cache\n"
+        "import sys, selfctx.llm, selfctx.llm.openai_backend, selfctx.llm.cache\n"
         "bad = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
         "print(','.join(bad))"
     )

@@ -1,4 +1,4 @@
-"""The openai backend against a real OpenAI-compatible HTTP server on localhost (selfctx.llm.http_server)."""
+"""The openai backend against a real OpenAI-compatible HTTP server on localhost (fake_openai_server)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
+from fake_openai_server import Fault, serve_in_thread
 from selfctx.llm import ChatRequest, EchoLLM, SamplingParams, make_llm
 from selfctx.llm.echo import echo_text
-from selfctx.llm.http_server import Fault, serve_in_thread
 from selfctx.llm.openai_backend import OpenAICompatLLM
 
 

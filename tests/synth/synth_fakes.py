@@ -1,7 +1,7 @@
 """A deterministic scripted 'model' for synth tests: it answers each prompt type of the pipeline in the
 format the prompt asks for, as a function of the prompt and the sampling seed (so reruns are identical).
 
-`scripted_answer` is an EchoLLM responder; serve it through selfctx.llm.http_server for end-to-end tests.
+`scripted_answer` is an EchoLLM responder; serve it through tests/fake_openai_server.py for end-to-end tests.
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def _cached_calls(out: Path) -> int:
 
 def test_cli_kill_9_midway_then_the_same_command_gives_the_same_dataset(tmp_path: Path) -> None:
     """`selfctx synth --from-docs` against an OpenAI-compatible server in front of the scripted model."""
-    from selfctx.llm.http_server import serve_in_thread
+    from fake_openai_server import serve_in_thread
 
     docs = write_docs(tmp_path / "docs")
     env = {**os.environ, "SELFCTX_PROGRESS": "0"}

@@ -1,4 +1,4 @@
-"""The pipeline through a real OpenAI-compatible HTTP server on localhost (selfctx.llm.http_server):
+"""The pipeline through a real OpenAI-compatible HTTP server on localhost (tests/fake_openai_server.py):
 injected failures and timeouts are retried and counted; a `selfctx synth` killed with SIGKILL midway and run
 again gives the same dataset as an uninterrupted run."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from synth_fakes import scripted_llm
 
-from selfctx.llm.http_server import Fault, serve_in_thread
+from fake_openai_server import Fault, serve_in_thread
 from selfctx.synth.pipeline import SynthConfig, run_synth
 
 

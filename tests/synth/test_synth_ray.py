@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from synth_fakes import scripted_llm
 
-from selfctx.llm.http_server import serve_in_thread
+from fake_openai_server import serve_in_thread
 from selfctx.synth.pipeline import SynthConfig, run_synth
 
 

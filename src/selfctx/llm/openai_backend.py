@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible chat server (vLLM, SGLang, llama.cpp's server, selfctx.llm.http_server, ...).
+"""Any OpenAI-compatible chat server (vLLM, SGLang, llama.cpp's server, `selfctx serve`, ...).
 
 Requests go out on `concurrency` threads sharing one httpx connection pool, so the server always has that
 many calls to batch. Each call has a timeout and bounded retries with exponential backoff and full jitter on

@@ -46,7 +46,7 @@ def create_app(lm: CompressedLM, config: ServeConfig | None = None) -> FastAPI:
     worker = Worker(lm, config)
     gateway = Gateway(worker, config)
     app = FastAPI(title="selfctx compressed-inference server")
-    app.state.worker = app.state.batcher = worker  # `batcher` for selfctx.llm.http_server.RunningServer
+    app.state.worker = worker
     app.state.stats = gateway.stats
     app.state.config = config
 
@@ -137,6 +137,7 @@ def serve_in_thread(
 
     Returns a RunningServer (a context manager; `base_url` ends in /v1). Stopping it lets in-flight requests
     finish, then drains the worker."""
-    from selfctx.llm.http_server import RunningServer
+    from selfctx.background_server import RunningServer
 
-    return RunningServer(create_app(lm, config), host, port)
+    app = create_app(lm, config)
+    return RunningServer(app, host, port, on_stop=app.state.worker.stop)

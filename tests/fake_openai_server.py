@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server in front of any `LLM` backend, with fault injection for tests.
+"""Test support: an OpenAI-compatible HTTP server in front of any `LLM` backend, with fault injection.
 
     with serve_in_thread(EchoLLM(), faults=[Fault(match="boom", attempts=2)]) as server:
         llm = make_llm("openai", "echo", base_url=server.base_url)
@@ -6,16 +6,13 @@
 Endpoints: POST /v1/chat/completions (non-streaming; honours seed, max_tokens, temperature, top_p, stop;
 returns usage), GET /v1/models, GET /health. Concurrent requests are gathered into batches (up to the
 backend's preferred batch size, waiting a few milliseconds for company) so a batching backend stays busy.
-Run standalone: `python -m selfctx.llm.http_server --backend llamacpp --port 8000`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import queue
-import socket
 import threading
 import time
 import uuid
@@ -27,6 +24,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from selfctx.background_server import RunningServer
 from selfctx.llm.base import LLM, ChatRequest, Completion, Message, SamplingParams
 
 
@@ -239,51 +237,6 @@ def create_app(
     return app
 
 
-class RunningServer:
-    """A uvicorn server on a background thread; `base_url` ends in /v1. Use as a context manager."""
-
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        import uvicorn
-
-        self.app = app
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        self.host, self.port = host, sock.getsockname()[1]
-        self._socket = sock
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="selfctx-llm-server", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the LLM test server did not start")
-            time.sleep(0.01)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
-
-    @property
-    def stats(self) -> ServerStats:
-        return self.app.state.stats
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
-        self.app.state.batcher.stop()
-        self._socket.close()
-
-    def __enter__(self) -> RunningServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 def serve_in_thread(
     llm: LLM,
     *,
@@ -298,28 +251,4 @@ def serve_in_thread(
     app = create_app(
         llm, model_name=model_name, faults=faults, max_batch=max_batch, batch_window_s=batch_window_s
     )
-    return RunningServer(app, host, port)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from selfctx.llm.factory import make_llm
-
-    parser = argparse.ArgumentParser(description="Serve a selfctx LLM backend over an OpenAI-compatible API.")
-    parser.add_argument("--backend", default="llamacpp", choices=["hf", "llamacpp", "echo"])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    llm = make_llm(args.backend, args.model)
-    server = serve_in_thread(llm, host=args.host, port=args.port)
-    print(f"serving {llm.model_id} at {server.base_url} (Ctrl-C to stop)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
-        llm.close()
-
-
-if __name__ == "__main__":
-    main()
+    return RunningServer(app, host, port, on_stop=app.state.batcher.stop)
