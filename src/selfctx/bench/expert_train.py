@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from selfctx.bench.prefill import _parse_lengths, _peak_rss_mib, _rss_mib, _run_worker, _text_ids
+from selfctx.bench.measure import parse_lengths, peak_rss_mib, rss_mib, run_worker, text_ids
 from selfctx.errors import SelfctxError
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -31,7 +31,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     model, tokenizer = load_causal_lm(spec["model"], dtype=spec["dtype"], device=spec["device"])
     device = next(model.parameters()).device
     n_ids = spec["tokens"] * spec["steps"]
-    ids = torch.tensor([_text_ids(tokenizer, spec.get("text"), n_ids)], device=device)
+    ids = torch.tensor([text_ids(tokenizer, spec.get("text"), n_ids)], device=device)
     sequences = ids.view(spec["steps"], 1, spec["tokens"])
     if spec["method"] == "experts":
         from selfctx.compress import CompressedLM
@@ -69,7 +69,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     cuda = device.type == "cuda"
-    base_mem = _rss_mib()
+    base_mem = rss_mib()
     times = []
     for step in range(spec["steps"]):
         if cuda:
@@ -83,7 +83,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     timed = times[1:] or times
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     return {
         "method": spec["method"],
         "tokens": spec["tokens"],
@@ -120,18 +120,18 @@ def command(
     device = device or default_device()
     rows = []
     typer.echo(f"{'method':<9}{'tokens':>8}{'s/step':>9}{'tok/s':>9}{'peak MiB':>10}{'params':>10}")
-    for n in _parse_lengths(lengths):
+    for n in parse_lengths(lengths):
         for method in ("lora", "experts"):
             spec = {"model": model, "method": method, "tokens": n, "steps": steps, "window": window,
                     "ratio": ratio, "rank": rank, "text": text, "dtype": dtype, "device": device}  # fmt: skip
-            row = _run_worker("expert-train", spec, f"{method} training at {n} tokens")
+            row = run_worker("expert-train", spec, f"{method} training at {n} tokens")
             rows.append(row)
             typer.echo(
                 f"{method:<9}{n:>8}{row['seconds_per_step']:>9.1f}{row['tokens_per_s']:>9.1f}"
                 f"{row['peak_mib_above_model']:>10.0f}{row['trainable_parameters']:>10}"
             )
     typer.echo("\nexperts / plain LoRA tokens/s (target >= 0.6):")
-    for n in _parse_lengths(lengths):
+    for n in parse_lengths(lengths):
         lora = next(r for r in rows if r["method"] == "lora" and r["tokens"] == n)
         experts = next(r for r in rows if r["method"] == "experts" and r["tokens"] == n)
         typer.echo(f"  {n:>6} tokens: x{experts['tokens_per_s'] / lora['tokens_per_s']:.2f}")

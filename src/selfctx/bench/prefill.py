@@ -8,44 +8,13 @@ held after the prefill (full attention: its KV cache; compressed: the memory + t
 from __future__ import annotations
 
 import json
-import os
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from selfctx.errors import SelfctxError
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _text_ids(tokenizer: Any, source: str | None, n_tokens: int) -> list[int]:
-    """Real text, repeated if needed, cut to n tokens: files of a folder, or one file."""
-    if source:
-        path = Path(source)
-        files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
-        text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
-    else:  # no text given: the WordNet noun list shipped with the package (real words, not random ids)
-        from importlib.resources import files as package_files
-
-        text = (package_files("selfctx.synth") / "data" / "wordnet_nouns.txt").read_text(encoding="utf-8")
-    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise SelfctxError(f"no text found in {source}")
-    while len(ids) < n_tokens:
-        ids = ids + ids
-    return ids[:n_tokens]
+from selfctx.bench.measure import parse_lengths, peak_rss_mib, rss_mib, run_worker, text_ids
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +31,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         dtype=spec["dtype"],
         device=spec["device"],
     )
-    ids = _text_ids(lm.tokenizer, spec.get("text"), spec["tokens"])
+    ids = text_ids(lm.tokenizer, spec.get("text"), spec["tokens"])
     tensor = torch.tensor([ids], device=lm.device)
     cuda = lm.device.type == "cuda"
     if cuda:
@@ -70,7 +39,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated() / 2**20
     else:
-        base_mem = _rss_mib()
+        base_mem = rss_mib()
     with torch.inference_mode():
         start = time.perf_counter()
         if spec["method"] == "full":
@@ -91,7 +60,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     return {
         "method": spec["method"],
         "tokens": spec["tokens"],
@@ -103,36 +72,6 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "dtype": str(lm.parts.embed_tokens.weight.dtype),
         "threads": torch.get_num_threads(),
     }
-
-
-def _parse_lengths(text: str) -> list[int]:
-    """'4k,16k,64k' -> [4096, 16384, 65536] (k = 1024)."""
-    out = []
-    for part in (p.strip().lower() for p in text.split(",")):
-        if part:
-            try:
-                out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
-            except ValueError:
-                raise SelfctxError(f"length {part!r} is not a number like 4096 or 16k") from None
-    return out
-
-
-def _run_worker(verb: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
-    """One measurement in a fresh `selfctx bench <verb> --worker` process, so its peak memory is its own; its
-    JSON row (the last stdout line). A failed worker raises naming `what` and its last stderr line, or
-    "(no output)" when it died without one (e.g. killed for memory)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "selfctx", "bench", verb, "--worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SelfctxError(f"{what} failed: {last}")
-    lines = proc.stdout.strip().splitlines()
-    if not lines:
-        raise SelfctxError(f"{what} failed: the worker exited without printing its result")
-    return json.loads(lines[-1])
 
 
 def command(
@@ -154,7 +93,7 @@ def command(
     from selfctx.models import default_device
 
     device = device or default_device()
-    both, only = _parse_lengths(lengths), _parse_lengths(compressed_only)
+    both, only = parse_lengths(lengths), parse_lengths(compressed_only)
     plan = [(m, n) for n in both for m in ("full", "compressed")] + [("compressed", n) for n in only]
     rows = []
     typer.echo(f"{'method':<11}{'tokens':>8}{'seconds':>10}{'tok/s':>10}{'peak MiB':>10}{'KV MiB':>9}")
@@ -170,7 +109,7 @@ def command(
             "device": device,
             "native_context": max(n + 64, 8192),
         }
-        row = _run_worker("prefill", spec, f"{method} prefill at {n} tokens")
+        row = run_worker("prefill", spec, f"{method} prefill at {n} tokens")
         rows.append(row)
         typer.echo(
             f"{method:<11}{n:>8}{row['seconds']:>10.1f}{row['tokens_per_s']:>10.1f}"
