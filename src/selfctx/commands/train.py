@@ -1,7 +1,7 @@
 """`selfctx train`: compression experts or long-context fine-tuning, one shared loop.
 
     selfctx train --method experts --preset smollm2-cpu
-    selfctx train --method experts --preset smollm2-cpu --config configs/experts-cpu-nosynth.yaml  # a variant
+    selfctx train --method experts --preset smollm2-cpu --config configs/compare-x8-nosynth.yaml  # a variant
     selfctx train --method finetune --preset smollm2-cpu --set loop.max_steps=10
     torchrun --nproc_per_node 2 -m selfctx train --method experts --preset ...   # data parallel
 
