@@ -10,7 +10,8 @@ from typing import Annotated, get_args
 
 import typer
 
-from selfctx.checks import DtypeName, EvalBackend
+from selfctx.checks import EvalBackend
+from selfctx.commands import options as opt
 from selfctx.errors import SelfctxError
 
 app = typer.Typer(
@@ -148,30 +149,17 @@ def longbench(
     datasets: Annotated[
         str, typer.Option(help="comma-separated datasets (default: the 16 English ones)")
     ] = "",
-    model: Annotated[
-        str,
-        typer.Option(
-            help="smollm2-135m, a .gguf file, an HF folder or hub id, or a fine-tune's final/ folder"
-        ),
-    ] = "smollm2-135m",
+    model: opt.BaseModel = "smollm2-135m",
     method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
     limit: Annotated[int | None, typer.Option(help="first N rows of each dataset")] = None,
     max_length: Annotated[int, typer.Option(help="middle-truncate prompts to this many tokens")] = 15_500,
-    experts: Annotated[str | None, typer.Option(help="expert folder for --method compressed")] = None,
-    window: Annotated[
-        int | None, typer.Option(help="compression window in tokens (default: as the experts were trained)")
-    ] = None,
-    ratio: Annotated[
-        int | None, typer.Option(help="force one compression ratio (default: the router)")
-    ] = None,
-    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
-    device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ] = None,
+    experts: opt.MethodExperts = None,
+    window: opt.Window = None,
+    ratio: opt.Ratio = None,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = None,
     batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 1,
-    backend: Annotated[
-        EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")
-    ] = "hf",
+    backend: opt.Backend = "hf",
 ) -> None:
     """Predict LongBench with each method (resumable), score it like the official eval.py, print the table."""
     from selfctx.checks import check_out_folder, check_positive
@@ -228,16 +216,14 @@ def needle(
     samples: Annotated[int, typer.Option(help="samples per cell (different keys/values)")] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="answer budget")] = 32,
     seed: Annotated[int, typer.Option()] = 0,
-    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    model: opt.BaseModel = "smollm2-135m",
     method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
-    experts: Annotated[str | None, typer.Option()] = None,
-    window: Annotated[int | None, typer.Option(help="compression window (default: as trained)")] = None,
-    ratio: Annotated[int | None, typer.Option()] = None,
-    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
-    device: Annotated[str | None, typer.Option()] = None,
-    backend: Annotated[
-        EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")
-    ] = "hf",
+    experts: opt.MethodExperts = None,
+    window: opt.Window = None,
+    ratio: opt.Ratio = None,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = None,
+    backend: opt.Backend = "hf",
 ) -> None:
     """Needle-in-a-haystack grid (lengths x depths): results.json and heatmap.png per method."""
     from selfctx.checks import check_out_folder, parse_numbers
@@ -286,16 +272,14 @@ def synthetic(
     records: Annotated[int, typer.Option(help="key -> value records of kv-retrieval")] = 6,
     max_new_tokens: Annotated[int, typer.Option(help="answer budget")] = 24,
     seed: Annotated[int, typer.Option()] = 0,
-    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    model: opt.BaseModel = "smollm2-135m",
     method: Annotated[str, typer.Option(help=f"comma-separated: {METHOD_HELP}")] = "truncate",
-    experts: Annotated[str | None, typer.Option()] = None,
-    window: Annotated[int | None, typer.Option(help="compression window (default: as trained)")] = None,
-    ratio: Annotated[int | None, typer.Option()] = None,
-    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
-    device: Annotated[str | None, typer.Option()] = None,
-    backend: Annotated[
-        EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU)")
-    ] = "hf",
+    experts: opt.MethodExperts = None,
+    window: opt.Window = None,
+    ratio: opt.Ratio = None,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = None,
+    backend: opt.Backend = "hf",
 ) -> None:
     """Held-out synthetic checks (multi-hop, consistency, updates, key-value retrieval) over lengths x depths:
     synthetic.json, synthetic.jsonl (resumable) and synthetic.png per method."""

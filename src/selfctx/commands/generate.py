@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from selfctx.checks import DtypeName
+from selfctx.commands import options as opt
 from selfctx.errors import SelfctxError
 
 
@@ -21,35 +21,15 @@ def command(
     save_memory: Annotated[
         Path | None, typer.Option(help="Save the compressed context here for reuse.")
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Base model: smollm2-135m, a .gguf file, an HF folder or id, or the final/ folder of "
-            "`selfctx train --method finetune` (RoPE-scaled, adapter merged)."
-        ),
-    ] = ("smollm2-135m"),
-    experts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Expert folder from `selfctx train`. Without it, "
-            "untrained experts are used (memory read through base weights)."
-        ),
-    ] = None,
-    window: Annotated[
-        int | None, typer.Option(help="Tokens per window (default: the experts' trained window, else 1024).")
-    ] = None,
-    native_context: Annotated[
-        int | None, typer.Option(help="Usable native context (default: the model's).")
-    ] = None,
-    ratio: Annotated[
-        int | None, typer.Option(help="Force a compression ratio instead of routing by length.")
-    ] = None,
+    model: opt.BaseModel = ("smollm2-135m"),
+    experts: opt.ExpertsFolder = None,
+    window: opt.Window = None,
+    native_context: opt.NativeContext = None,
+    ratio: opt.Ratio = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
-    device: Annotated[
-        str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda if available)")
-    ] = None,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
     """Generate with a compressed context; prints the answer and which expert read it."""

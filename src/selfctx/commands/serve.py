@@ -11,32 +11,15 @@ from typing import Annotated
 
 import typer
 
-from selfctx.checks import DtypeName
+from selfctx.commands import options as opt
 from selfctx.errors import SelfctxError
 
 
 def command(
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Base model: smollm2-135m, a .gguf file, an HF folder or id, or the final/ folder of "
-            "`selfctx train --method finetune` (RoPE-scaled, adapter merged)."
-        ),
-    ] = ("smollm2-135m"),
-    experts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Expert folder from `selfctx train` (default: untrained "
-            "experts, memory read through the base weights)."
-        ),
-    ] = None,
-    native_context: Annotated[
-        int | None, typer.Option(help="Usable native context (default: the model's).")
-    ] = None,
-    window: Annotated[
-        int | None,
-        typer.Option(help="Tokens per compression window (default: the experts' trained window, else 1024)."),
-    ] = None,
+    model: opt.BaseModel = ("smollm2-135m"),
+    experts: opt.ExpertsFolder = None,
+    native_context: opt.NativeContext = None,
+    window: opt.Window = None,
     memory_budget_mb: Annotated[float, typer.Option(help="RAM for compressed memories (LRU).")] = 1024.0,
     memory_dir: Annotated[
         Path | None, typer.Option(help="Persist memories here; other processes reuse them.")
@@ -54,10 +37,8 @@ def command(
         int, typer.Option(help="Tokens reserved for question + answer when routing.")
     ] = 512,
     served_name: Annotated[str | None, typer.Option(help="Model name reported by /v1/models.")] = None,
-    dtype: Annotated[DtypeName, typer.Option(help="weights' dtype (auto: as stored)")] = "auto",
-    device: Annotated[
-        str | None, typer.Option(help="cpu | cuda | cuda:N (default: cuda if available)")
-    ] = None,
+    dtype: opt.Dtype = "auto",
+    device: opt.Device = None,
 ) -> None:
     """Serve the model + its experts over the OpenAI API, compressing each long context once."""
     import uvicorn

@@ -101,6 +101,14 @@ class BackendStats:
         return asdict(self)
 
 
+def in_request_order(results: Iterator[tuple[int, Completion]], n: int) -> list[Completion]:
+    """The completions of a `generate_iter` run, back in the order of its n requests."""
+    ordered: list[Completion | None] = [None] * n
+    for i, completion in results:
+        ordered[i] = completion
+    return [c for c in ordered if c is not None]
+
+
 class LLM(ABC):
     """A text generator behind one batch call. Subclasses set `model_id` (used in cache keys)."""
 

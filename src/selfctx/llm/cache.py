@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from selfctx.errors import SelfctxError
-from selfctx.llm.base import LLM, BackendStats, ChatRequest, Completion
+from selfctx.llm.base import LLM, BackendStats, ChatRequest, Completion, in_request_order
 
 CACHE_FILENAME = "llm_calls.sqlite"
 
@@ -113,10 +113,7 @@ class CachedLLM(LLM):
         return self.inner.preferred_batch_size
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        results: list[Completion | None] = [None] * len(requests)
-        for i, completion in self.generate_iter(requests):
-            results[i] = completion
-        return [r for r in results if r is not None]
+        return in_request_order(self.generate_iter(requests), len(requests))
 
     def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
         keys = [r.cache_key(self.model_id) for r in requests]

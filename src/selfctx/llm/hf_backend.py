@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from selfctx.llm.base import LLM, ChatRequest, Completion
+from selfctx.llm.base import LLM, ChatRequest, Completion, in_request_order
 from selfctx.models import ModelSpec, load_causal_lm, resolve_model
 from selfctx.sampling import eos_token_ids, nucleus_choice
 
@@ -105,10 +105,7 @@ class HFLLM(LLM):
         return self.batch_size
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        results: list[Completion | None] = [None] * len(requests)
-        for i, completion in self.generate_iter(requests):
-            results[i] = completion
-        return [r for r in results if r is not None]
+        return in_request_order(self.generate_iter(requests), len(requests))
 
     def generate_iter(self, requests: Sequence[ChatRequest]) -> Iterator[tuple[int, Completion]]:
         """Yields each batch's completions as soon as that batch is done."""

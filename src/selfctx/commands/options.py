@@ -1,0 +1,38 @@
+"""The options several commands share, written once: what loads the model and its experts, and how it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from selfctx.checks import DtypeName, EvalBackend
+
+BaseModel = Annotated[
+    str,
+    typer.Option(
+        help="Base model: smollm2-135m, a .gguf file, an HF folder or hub id, or the final/ folder of "
+        "`selfctx train --method finetune` (RoPE-scaled, adapter merged)."
+    ),
+]
+ExpertsFolder = Annotated[
+    Path | None,
+    typer.Option(
+        help="Expert folder from `selfctx train` (default: untrained experts, memory read through the base "
+        "weights)."
+    ),
+]
+Window = Annotated[
+    int | None, typer.Option(help="Tokens per compression window (default: as the experts were trained).")
+]
+NativeContext = Annotated[
+    int | None, typer.Option(help="Usable native context (default: as trained, else the model's).")
+]
+Ratio = Annotated[int | None, typer.Option(help="Force one compression ratio instead of routing by length.")]
+Dtype = Annotated[DtypeName, typer.Option(help="Weights' dtype (auto: as stored).")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+Backend = Annotated[EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU).")]
+MethodExperts = Annotated[
+    str | None, typer.Option(help="Expert folder for --method compressed (default: untrained experts).")
+]
