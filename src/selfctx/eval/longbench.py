@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -28,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfctx.errors import SelfctxError
+from selfctx.eval.cells import CellLog, input_limit
 from selfctx.eval.methods import Method, Prediction, Request
 from selfctx.eval.scoring import ENGLISH_DATASETS, aggregate, read_jsonl, score_pred_dir
-from selfctx.fsutil import write_jsonl_atomic, write_text_atomic
+from selfctx.fsutil import write_text_atomic
 from selfctx.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -214,34 +214,6 @@ def _row_id(row: dict[str, Any], index: int) -> str:
     return str(row.get("_id") or f"row-{index}")
 
 
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Rows already predicted; a torn last line (a crash mid-write) is dropped and the file rewritten."""
-    if not path.is_file():
-        return {}
-    good: list[dict[str, Any]] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            good.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise SelfctxError(
-                    f"{path}:{number} is not valid JSON: delete that line or the file"
-                ) from None
-    if sum(1 for line in lines if line.strip()) != len(good):
-        write_jsonl_atomic(path, good)
-    return {str(r["_id"]): r for r in good if "_id" in r}
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def predict_dataset(
     method: Method,
     dataset: str,
@@ -254,10 +226,9 @@ def predict_dataset(
     """Predict every row not yet in `<out_dir>/<dataset>.jsonl`, appending one line per row."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{dataset}.jsonl"
-    done = _read_done(path)
-    own_limit = method.input_limit(max_new_tokens(dataset))
-    limit = min(max_length, own_limit) if own_limit is not None else max_length
-    todo = [(i, r) for i, r in enumerate(rows) if _row_id(r, i) not in done]
+    log = CellLog(path, "_id")
+    limit = input_limit(method, max_new_tokens(dataset), max_length)
+    todo = [(i, r) for i, r in enumerate(rows) if _row_id(r, i) not in log.done]
     bar = progress_bar(desc=f"{method.name} {dataset}", total=len(rows), unit="row")
     bar.update(len(rows) - len(todo))
     for start in range(0, len(todo), batch_size):
@@ -279,7 +250,7 @@ def predict_dataset(
             }
             if p.info:
                 record["info"] = p.info
-            _append(path, record)
+            log.add(record)
             bar.update(1)
     bar.close()
     return path

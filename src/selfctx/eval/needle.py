@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfctx.errors import SelfctxError
+from selfctx.eval.cells import CellLog, input_limit
 from selfctx.eval.longbench import split_request
 from selfctx.eval.methods import Method
-from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
+from selfctx.fsutil import write_json_atomic
 from selfctx.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -320,22 +321,13 @@ def run_needle(method: Method, haystack: str, grid: NeedleGrid, out_dir: str | P
     """Every (length, depth, sample) cell once: needle.jsonl (resumable), results.json, heatmap.png."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    rows_path = folder / "needle.jsonl"
-    done: dict[str, dict[str, Any]] = {}
-    if rows_path.is_file():
-        for line in rows_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line: that cell runs again
-            done[row["cell"]] = row
+    log = CellLog(folder / "needle.jsonl", "cell")
     cells = [(n, d, s) for n in grid.lengths for d in grid.depths for s in range(grid.samples)]
-    limit = method.input_limit(grid.max_new_tokens)
-    limit = min(grid.max_length, limit) if limit is not None else grid.max_length
+    limit = input_limit(method, grid.max_new_tokens, grid.max_length)
     bar = progress_bar(desc=f"{method.name} needle", total=len(cells), unit="cell")
     for length, depth, sample in cells:
         cell = f"{grid.variant}/{length}/{depth:g}/{sample}"
-        if cell in done:
+        if cell in log.done:
             bar.update(1)
             continue
         rng = random.Random(f"{grid.seed}/{cell}")
@@ -351,28 +343,29 @@ def run_needle(method: Method, haystack: str, grid: NeedleGrid, out_dir: str | P
             max_new_tokens=grid.max_new_tokens,
         )
         prediction = method.generate([built.request])[0]
-        done[cell] = {
-            "cell": cell,
-            "length": length,
-            "depth": depth,
-            "sample": sample,
-            "variant": grid.variant,
-            "placed_depths": placed.placed_depths,
-            "context_tokens": len(_encode(method.tokenizer, placed.context)),
-            "prompt_tokens": built.prompt_tokens,
-            "original_tokens": built.original_tokens,
-            "truncated": built.truncated,
-            "pred": prediction.text,
-            "expected": task.expected,
-            "score": string_match(prediction.text, task.expected),
-            "rouge_recall": rouge_recall(prediction.text, task.reference),
-            "memory_bytes": prediction.memory_bytes,
-            "input_tokens": prediction.input_tokens,
-        }
-        write_jsonl_atomic(rows_path, list(done.values()))  # small file: rewriting keeps every line whole
+        log.add(
+            {
+                "cell": cell,
+                "length": length,
+                "depth": depth,
+                "sample": sample,
+                "variant": grid.variant,
+                "placed_depths": placed.placed_depths,
+                "context_tokens": len(_encode(method.tokenizer, placed.context)),
+                "prompt_tokens": built.prompt_tokens,
+                "original_tokens": built.original_tokens,
+                "truncated": built.truncated,
+                "pred": prediction.text,
+                "expected": task.expected,
+                "score": string_match(prediction.text, task.expected),
+                "rouge_recall": rouge_recall(prediction.text, task.reference),
+                "memory_bytes": prediction.memory_bytes,
+                "input_tokens": prediction.input_tokens,
+            }
+        )
         bar.update(1)
     bar.close()
-    rows = [done[f"{grid.variant}/{n}/{d:g}/{s}"] for n, d, s in cells]
+    rows = [log.done[f"{grid.variant}/{n}/{d:g}/{s}"] for n, d, s in cells]
     summary = summarize(rows, grid, method.name)
     write_json_atomic(folder / "results.json", summary)
     heatmap(summary, folder / "heatmap.png")

@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfctx.errors import SelfctxError
+from selfctx.eval.cells import CellLog, input_limit
 from selfctx.eval.longbench import split_request
 from selfctx.eval.methods import Method
 from selfctx.eval.needle import rouge_recall, string_match
-from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
+from selfctx.fsutil import write_json_atomic
 from selfctx.progress import progress_bar
 from selfctx.synth.assemble import PART_SEPARATOR, assemble_sample
 from selfctx.synth.lengths import bucket_of
@@ -357,18 +358,6 @@ def score_answer(prediction: str, item: CheckItem) -> dict[str, Any]:
     }
 
 
-def _read_rows(path: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line: that cell runs again
-            done[row["cell"]] = row
-    return done
-
-
 def run_synthetic_checks(
     method: Method,
     *,
@@ -409,10 +398,9 @@ def run_synthetic_checks(
 def run_grid(method: Method, pool: Sequence[Passage], grid: SyntheticGrid, out: str | Path) -> dict[str, Any]:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    rows_path = folder / ROWS_FILE
+    log = CellLog(folder / ROWS_FILE, "cell")
     fingerprint = grid.fingerprint()
-    done = _read_rows(rows_path)
-    stale = {r.get("fingerprint") for r in done.values()} - {fingerprint}
+    stale = {r.get("fingerprint") for r in log.done.values()} - {fingerprint}
     if stale:
         raise SelfctxError(
             f"{folder} holds synthetic rows built with other settings (seed, hops, records or exclusions): "
@@ -430,8 +418,7 @@ def run_grid(method: Method, pool: Sequence[Passage], grid: SyntheticGrid, out: 
     for source in grid.exclude_from:
         exclude |= nouns_in(source)
     excluded = frozenset(exclude)
-    limit = method.input_limit(grid.max_new_tokens)
-    limit = min(grid.max_length, limit) if limit is not None else grid.max_length
+    limit = input_limit(method, grid.max_new_tokens, grid.max_length)
     cells = [
         (c, n, d, s)
         for c in grid.checks
@@ -442,17 +429,16 @@ def run_grid(method: Method, pool: Sequence[Passage], grid: SyntheticGrid, out: 
     bar = progress_bar(desc=f"{method.name} synthetic", total=len(cells), unit="cell")
     for check, length, depth, sample in cells:
         cell = f"{check}/{length}/{depth:g}/{sample}"
-        if cell in done:
+        if cell in log.done:
             bar.update(1)
             continue
-        done[cell] = run_cell(
+        row = run_cell(
             method, pool, grid, check, length, depth, sample, counter=counter, exclude=excluded, limit=limit
         )
-        done[cell]["fingerprint"] = fingerprint
-        write_jsonl_atomic(rows_path, list(done.values()))  # small file: rewriting keeps every line whole
+        log.add({**row, "fingerprint": fingerprint})
         bar.update(1)
     bar.close()
-    rows = [done[f"{c}/{n}/{d:g}/{s}"] for c, n, d, s in cells]
+    rows = [log.done[f"{c}/{n}/{d:g}/{s}"] for c, n, d, s in cells]
     summary = summarize(rows, grid, method.name, excluded_nouns=len(excluded))
     write_json_atomic(folder / SUMMARY_FILE, summary)
     plot(summary, folder / PLOT_FILE)
