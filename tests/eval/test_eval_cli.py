@@ -191,3 +191,28 @@ def test_truncate_n_is_the_truncate_method_at_n_tokens(tiny_lm) -> None:
     native_limit, capped_limit = native.input_limit(32), capped.input_limit(32)
     assert native_limit is not None and capped_limit is not None
     assert native_limit - capped_limit == 1024 - 300  # the same budget and template overhead taken off
+
+
+def test_several_named_batteries_score_in_one_run_each_in_its_own_folder(tmp_path: Path, tiny_lm) -> None:
+    from selfctx.compress import ExpertBattery
+
+    model_dir = _tiny_model_folder(tmp_path, tiny_lm)
+    model, _ = tiny_lm
+    for name in ("a", "b"):
+        battery = ExpertBattery.create(model, (4,))
+        battery.mechanism = {"window": 32, "native_context": 256, "pattern": "full-coverage", "sink": 1}
+        battery.save(tmp_path / f"experts-{name}")
+    hay = tmp_path / "hay"
+    hay.mkdir()
+    (hay / "a.txt").write_text(" ".join(f"Line {i} is here." for i in range(300)))
+    args = ["eval", "needle", "--haystack", str(hay), "--out", str(tmp_path / "nd"), "--lengths", "300"]
+    args += ["--depths", "0.5", "--method", "compressed", "--ratio", "4", "--model", str(model_dir)]
+    args += ["--dtype", "float32", "--device", "cpu", "--max-new-tokens", "4"]
+    unnamed = runner.invoke(app, [*args, "--experts", str(tmp_path / "experts-a"), "--experts", "x"])
+    assert unnamed.exit_code != 0 and "distinct names" in str(unnamed.exception)
+    named = [f"--experts=a={tmp_path / 'experts-a'}", f"--experts=b={tmp_path / 'experts-b'}"]
+    result = runner.invoke(app, [*args, *named])
+    assert result.exit_code == 0, result.output
+    for name in ("a", "b"):
+        run = json.loads((tmp_path / "nd" / f"{name}-w32-r4" / "run.json").read_text())
+        assert run["experts"] == str((tmp_path / f"experts-{name}").resolve())

@@ -37,7 +37,7 @@ class _Methods:
 
     model: str
     methods: list[str]
-    experts: str | None
+    experts: list[str] | None  # DIR, or NAME=DIR per battery
     window: int | None
     ratio: int | None
     dtype: str
@@ -45,12 +45,28 @@ class _Methods:
     backend: str
     batch_size: int = 1
 
+    @property
+    def batteries(self) -> list[tuple[str | None, str | None]]:
+        """(name or None, folder) of each --experts; one unnamed untrained battery (None) without any."""
+        out: list[tuple[str | None, str | None]] = []
+        for entry in self.experts or []:
+            name, sep, folder = entry.partition("=")
+            out.append((name, folder) if sep else (None, entry))
+        return out or [(None, None)]
+
     def check(self) -> _Methods:
         """Every option, checked before any model loads and before any folder is made."""
         from selfctx.checks import check_device, check_dtype, check_positive
         from selfctx.eval.methods import METHOD_KINDS, truncation_limit
         from selfctx.models import resolve_model
 
+        names = [name for name, _ in self.batteries]
+        if len(names) > 1 and (None in names or len(set(names)) != len(names)):
+            raise SelfctxError(
+                "several --experts need distinct names: write each as NAME=DIR (--experts s400=runs/a)"
+            )
+        if any(name is not None and (not name or "/" in name) for name in names):
+            raise SelfctxError("--experts NAME=DIR: NAME must be a non-empty folder name without '/'")
         unknown = [m for m in self.methods if m not in METHOD_KINDS and truncation_limit(m) is None]
         if unknown or not self.methods:
             raise SelfctxError(
@@ -72,11 +88,14 @@ class _Methods:
         if "compressed" in self.methods:
             from selfctx.compress.model import check_compression_args
 
-            check_compression_args(self.experts, window=self.window, ratio=self.ratio)
-        elif self.experts is not None:
+            for _, folder in self.batteries:
+                check_compression_args(folder, window=self.window, ratio=self.ratio)
+        else:
             from selfctx.compress.battery import read_battery_meta
 
-            read_battery_meta(self.experts, "--experts")
+            for _, folder in self.batteries:
+                if folder is not None:
+                    read_battery_meta(folder, "--experts")
         return self
 
     def load(self) -> list:
@@ -103,12 +122,14 @@ class _Methods:
                 m,
                 lm,
                 tokenizer,
-                experts=self.experts,
+                experts=folder,
                 window=self.window,
                 ratio=self.ratio,
                 batch_size=self.batch_size,
+                label=name,
             )
             for m in self.methods
+            for name, folder in (self.batteries if m == "compressed" else [(None, None)])
         ]
         if spec.adapter is not None:  # a fine-tune: its runs sit beside the base model's, named apart
             for method in built:
@@ -124,7 +145,7 @@ def _bind_run(folder: Path, method, extra: dict) -> None:
     bind_run(folder, {**describe(method), **extra})
 
 
-def _source_settings(method, model: str, experts: str | None, dtype: str, backend: str) -> dict:
+def _source_settings(method, model: str, dtype: str, backend: str) -> dict:
     """What made the method's outputs besides its description: the model as resolved (the same model named
     from another folder or by another alias is the same run), the battery for a compressed method only."""
     from selfctx.eval.methods import CompressedMethod
@@ -136,7 +157,7 @@ def _source_settings(method, model: str, experts: str | None, dtype: str, backen
         identity = EMBEDDED_MODEL
     settings: dict[str, str | None] = {"model_spec": identity, "dtype": dtype, "backend": backend}
     if isinstance(method, CompressedMethod):
-        settings["experts"] = str(Path(experts).resolve()) if experts else None
+        settings["experts"] = str(Path(method.experts).resolve()) if method.experts else None
     return settings
 
 
@@ -178,7 +199,7 @@ def longbench(
         folder = out / m.name
         # datasets may be added (a prediction file each); what shapes a prediction may not change
         settings = {"benchmark": "longbench", "limit": limit, "max_length": max_length}
-        _bind_run(folder, m, {**settings, **_source_settings(m, model, experts, dtype, backend)})
+        _bind_run(folder, m, {**settings, **_source_settings(m, model, dtype, backend)})
         report = run_longbench(
             m, names, folder, data_dir=data_dir, limit=limit, max_length=max_length, batch_size=batch_size
         )
@@ -243,7 +264,7 @@ def needle(
     for m in methods.load():
         folder = out / m.name
         settings = {"benchmark": "needle", "haystack": str(haystack.resolve()), "grid": asdict(grid)}
-        _bind_run(folder, m, {**settings, **_source_settings(m, model, experts, dtype, backend)})
+        _bind_run(folder, m, {**settings, **_source_settings(m, model, dtype, backend)})
         summary = run_needle(m, text, grid, folder)
         typer.echo(
             json.dumps({k: summary[k] for k in ("method", "variant", "mean_score", "score_by_length_depth")})
@@ -318,7 +339,7 @@ def synthetic(
             "max_new_tokens": max_new_tokens,
         }
         settings = {"benchmark": "synthetic", "pool": str(pool.resolve()), "grid": grid}
-        _bind_run(folder, m, {**settings, **_source_settings(m, model, experts, dtype, backend)})
+        _bind_run(folder, m, {**settings, **_source_settings(m, model, dtype, backend)})
         summary = run_synthetic_checks(
             m,
             pool=passages,

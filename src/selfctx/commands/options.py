@@ -34,5 +34,9 @@ Dtype = Annotated[DtypeName, typer.Option(help="Weights' dtype (auto: as stored)
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 Backend = Annotated[EvalBackend, typer.Option(help="hf (transformers) or llamacpp (GGUF, faster on CPU).")]
 MethodExperts = Annotated[
-    str | None, typer.Option(help="Expert folder for --method compressed (default: untrained experts).")
+    list[str] | None,
+    typer.Option(
+        help="Expert folder for --method compressed (default: untrained experts); repeat as NAME=DIR to "
+        "score several batteries in one run, one method folder each (NAME-w<window>...)."
+    ),
 ]

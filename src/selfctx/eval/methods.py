@@ -176,10 +176,18 @@ class CompressedMethod:
     """A selfctx.compress.CompressedLM: the head is compressed (the router picks the expert unless `ratio`
     forces one), the tail is read as ordinary tokens. Memory = compressed memory + raw tail/prompt KV."""
 
-    def __init__(self, compressed: Any, *, name: str = "compressed", ratio: int | None = None) -> None:
+    def __init__(
+        self,
+        compressed: Any,
+        *,
+        name: str = "compressed",
+        ratio: int | None = None,
+        experts: str | None = None,
+    ) -> None:
         self.compressed = compressed
         self.name = name
         self.ratio = ratio
+        self.experts = experts  # the battery folder (None: untrained experts)
         self._per_token = kv_bytes_per_token(compressed.model)
 
     @property
@@ -327,6 +335,7 @@ def build_method(
     window: int | None = None,
     ratio: int | None = None,
     batch_size: int = 1,
+    label: str | None = None,
 ) -> Method:
     """One method over an already loaded model (several methods can share it).
 
@@ -335,7 +344,8 @@ def build_method(
     full        full attention up to the runner's maximum (LongBench: 15,500 tokens)
     compressed  selfctx.compress.CompressedLM: trained experts from `experts`, or untrained (zero-LoRA)
                 experts when none are given (memory tokens read through the base weights); `window`
-                None = the window the experts were trained with (1024 for untrained ones)
+                None = the window the experts were trained with (1024 for untrained ones); `label` names
+                the method instead of "experts" (several batteries in one run)
     """
     limit = truncation_limit(kind)
     if limit is not None:
@@ -347,10 +357,9 @@ def build_method(
         from selfctx.compress import CompressedLM
 
         compressed = CompressedLM.from_pretrained(model, experts=experts, window=window, tokenizer=tokenizer)
-        label = "experts" if experts else "compressed-untrained"
-        return CompressedMethod(
-            compressed, name=f"{label}-w{compressed.window}" + (f"-r{ratio}" if ratio else ""), ratio=ratio
-        )
+        label = label or ("experts" if experts else "compressed-untrained")
+        name = f"{label}-w{compressed.window}" + (f"-r{ratio}" if ratio else "")
+        return CompressedMethod(compressed, name=name, ratio=ratio, experts=experts)
     raise SelfctxError(f"unknown method {kind!r}: pick one of {', '.join(METHOD_KINDS)}")
 
 
