@@ -25,10 +25,8 @@ LAYERS = [
     {"extend", "serve", "bench"},
     {"commands", "cli", "__main__"},
 ]
-# Known exceptions, to be removed, never added to (issue 19's redesign).
-KNOWN_CYCLES = {
-    ("selfctx.synth.docs_run", "selfctx.synth.pipeline"),
-}
+# Known exceptions, to be removed, never added to.
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 
 def _module_name(path: Path) -> str:

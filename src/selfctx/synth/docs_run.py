@@ -31,7 +31,7 @@ from selfctx.synth.docs import (
     plan_item,
 )
 from selfctx.synth.filters import Dropped, FilterCounts, normalized_hash
-from selfctx.synth.pipeline import finished_tasks, shortfalls
+from selfctx.synth.run_support import Throughput, finished_tasks, make_counter, open_llm, shortfalls
 from selfctx.synth.scheduler import run_builders
 from selfctx.synth.seeds import derive_rng, derive_seed
 from selfctx.synth.stitch import DocDraft, stitch_sample
@@ -145,7 +145,6 @@ def _check_same_documents(state_dir: Path, corpus: DocCorpus) -> None:
 def run_from_docs(cfg: Any, out_dir: str | Path, llm: LLM | None = None, *,
                   command: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) --from-docs into `out_dir`; returns the run summary (also in summary.json)."""
-    from selfctx.synth.pipeline import Throughput, make_counter, open_llm
     from selfctx.synth.tasks import TASKS
 
     if tuple(cfg.tasks) == tuple(TASKS):  # the six-task default means "all" here

@@ -13,16 +13,8 @@ from typing import Any
 
 from selfctx.synth.corpus import PoolReport
 from selfctx.synth.filters import FilterCounts
-from selfctx.synth.pipeline import (
-    SynthConfig,
-    Throughput,
-    build_summary,
-    make_counter,
-    open_llm,
-    pool_stage,
-    run_tasks,
-    write_dataset,
-)
+from selfctx.synth.pipeline import SynthConfig, build_summary, pool_stage, run_tasks, write_dataset
+from selfctx.synth.run_support import Throughput, make_counter, open_llm
 
 
 def _pool_job(cfg: SynthConfig, out: str) -> dict[str, Any]:
