@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from selfctx.checks import check_dtype
 from selfctx.errors import SelfctxError
+from selfctx.tiny import TINY
 
 if TYPE_CHECKING:
     import torch
@@ -138,7 +139,7 @@ def _finetuned_spec(path: Path) -> ModelSpec:
     trained = path / "selfctx_train.json"
     if trained.is_file():
         name = json.loads(trained.read_text()).get("model", {}).get("name")
-        base_name = name if name and name != "tiny" else None  # tiny: the base saved beside the run
+        base_name = name if name and name != TINY else None  # tiny: the base saved beside the run
     base_name = base_name or json.loads((path / "adapter_config.json").read_text()).get(
         "base_model_name_or_path"
     )

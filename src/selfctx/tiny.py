@@ -8,6 +8,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+TINY = "tiny"  # the model name that builds a tiny random Llama in memory (its runs save it beside them)
+
 
 def tiny_llama_config(
     *,

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from selfctx.errors import SelfctxError
+from selfctx.tiny import TINY
 
 SCENARIOS = ("shared", "shared-noreuse", "distinct")
 
@@ -108,13 +109,13 @@ def command(
     if threads:
         torch.set_num_threads(threads)
     loaded = time.perf_counter()
-    if model == "tiny":
+    if model == TINY:
         from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
 
         base = tiny_llama(vocab_size=TINY_TOKENIZER_VOCAB, max_position_embeddings=max(1024, native_context))
         battery = ExpertBattery.create(base, (2, 4, 8))
         lm = CompressedLM(
-            base, tiny_tokenizer(), battery, window=window, native_context=native_context, name="tiny"
+            base, tiny_tokenizer(), battery, window=window, native_context=native_context, name=TINY
         )
     else:
         lm = CompressedLM.from_pretrained(

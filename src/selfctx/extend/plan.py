@@ -21,7 +21,8 @@ from selfctx.eval.needle import VARIANTS
 from selfctx.eval.synthetic import CHECKS
 from selfctx.synth.lengths import parse_length
 from selfctx.synth.pipeline import SynthConfig
-from selfctx.train.experts import TINY, ExpertsConfig, recipe_sources
+from selfctx.tiny import TINY
+from selfctx.train.experts import ExpertsConfig, recipe_sources
 
 STAGES = ("synth", "train", "eval", "report")
 BUDGETS: tuple[str, ...] = get_args(Budget)

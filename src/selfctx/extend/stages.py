@@ -237,7 +237,7 @@ def load_base_for_eval(plan: Plan) -> tuple[Any, Any]:
     import torch
 
     from selfctx.models import default_device, load_causal_lm, resolve_dtype
-    from selfctx.train.experts import TINY
+    from selfctx.tiny import TINY
 
     name = plan.config.model
     dtype = torch.float32 if name == TINY else resolve_dtype(plan.config.eval.dtype, default_device())

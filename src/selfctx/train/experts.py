@@ -32,6 +32,7 @@ from torch import nn
 from selfctx.config import to_dict
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic
+from selfctx.tiny import TINY
 from selfctx.train import checkpoint as ckpt
 from selfctx.train.config import DataConfig, DataSource, LoopConfig, ModelSettings
 from selfctx.train.data import MixBatches, build_mix
@@ -39,7 +40,6 @@ from selfctx.train.distributed import DistInfo, barrier, cleanup, init_distribut
 from selfctx.train.examples import IGNORE_INDEX
 from selfctx.train.loop import Trainer, TrainResult, check_before_loading
 
-TINY = "tiny"
 TINY_INIT = 0.2
 EXPERTS_DIR = "experts"
 

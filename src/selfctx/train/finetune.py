@@ -19,14 +19,13 @@ from torch import nn
 from selfctx.config import to_dict
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic, write_text_atomic
+from selfctx.tiny import TINY
 from selfctx.train.config import FinetuneConfig
 from selfctx.train.data import MixBatches, build_mix
 from selfctx.train.distributed import barrier, cleanup, init_distributed, resolve_device
 from selfctx.train.loop import Trainer, TrainResult, check_before_loading
 from selfctx.train.objective import CausalLMObjective
 from selfctx.train.rope import apply_rope_scaling
-
-TINY = "tiny"
 
 
 def load_base(cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:

@@ -28,6 +28,7 @@ from selfctx import config as config_mod
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
 from selfctx.progress import progress_bar
+from selfctx.tiny import TINY
 from selfctx.train import checkpoint as ckpt
 from selfctx.train.config import DataConfig, LoopConfig
 from selfctx.train.distributed import (
@@ -65,7 +66,7 @@ def check_before_loading(
 
     check_device(loop.device, f"{where}loop.device")
     check_out_folder(Path(loop.output_dir), f"{where}loop.output_dir")
-    if model_name != "tiny":
+    if model_name != TINY:
         from selfctx.models import resolve_model
 
         resolve_model(model_name)
