@@ -70,6 +70,20 @@ def test_a_time_limit_checkpoints_the_step_it_stops_at_and_the_rerun_continues_e
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_stop_at_step_checkpoints_there_on_the_full_schedule_and_a_rerun_without_it_continues_exactly(
+    tmp_path: Path, synth_dir: Path
+) -> None:
+    run_finetune(tiny_cfg(tmp_path / "a", synth_dir))  # uninterrupted
+    first = run_finetune(tiny_cfg(tmp_path / "b", synth_dir, "loop.stop_at_step=3"))
+    assert first.final_dir is None and first.train.step == 3  # save_every is 2: step 3 saved for the stop
+    again = run_finetune(tiny_cfg(tmp_path / "b", synth_dir, "loop.stop_at_step=3"))
+    assert again.train.step == 3 and again.train.losses == []  # already there: nothing more is trained
+    second = run_finetune(tiny_cfg(tmp_path / "b", synth_dir))
+    assert second.train.resumed_from == 3
+    a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    assert all(torch.equal(a[name], b[name]) for name in a)  # the lr schedule ran to max_steps throughout
+
+
 def test_gradient_accumulation_matches_a_larger_micro_batch(tmp_path: Path, synth_dir: Path) -> None:
     big = run_finetune(
         tiny_cfg(tmp_path / "a", synth_dir, "loop.micro_batch_size=4", "lora.dropout=0.0", "loop.max_steps=3")

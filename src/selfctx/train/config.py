@@ -44,6 +44,9 @@ class LoopConfig:
     save_every: int = 50  # optimizer steps between checkpoints (the last step is always saved)
     # stop at the first step past this many seconds of one sitting, checkpointed (the same command resumes)
     time_limit_s: float | None = None
+    # stop, checkpointed, at this step while the lr schedule still runs to max_steps: the first N steps of a
+    # longer run (a comparison matched to another run's step-N snapshot); raise it and rerun to go on
+    stop_at_step: int | None = None
     keep_checkpoints: int = 2
     log_every: int = 1
     tensorboard: bool = False
@@ -62,6 +65,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s}")
+        if self.stop_at_step is not None and not 1 <= self.stop_at_step <= self.max_steps:
+            raise ValueError(f"stop_at_step must be 1..{self.max_steps} (max_steps), got {self.stop_at_step}")
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,8 @@ class Trainer:
         return float(all_reduce_sum(flag, self.dist)) > 0
 
     def train(self, stop_after: int | None = None) -> TrainResult:
-        """Train to cfg.max_steps (or stop after step `stop_after`, for tests), resuming if possible."""
+        """Train to cfg.max_steps (cfg.stop_at_step if set; or stop after step `stop_after` without a
+        checkpoint, as a kill would: tests), resuming if possible."""
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
         broadcast_params(list(self.params.values()), self.dist)
@@ -254,8 +255,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         sitting = time.perf_counter()
+        last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
         try:
-            while step < cfg.max_steps:
+            while step < last:
                 started = time.perf_counter()
                 lr = self.scheduler.get_last_lr()[0]
                 loss, n_tokens, norm = self._step(step)
@@ -293,7 +295,7 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(step, loss)
                 out_of_time = self._out_of_time(sitting)
-                if step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time:
+                if step % cfg.save_every == 0 or step == last or out_of_time:
                     self._save(
                         step,
                         {
