@@ -161,6 +161,35 @@ def test_dense_recall_hides_facts_in_proportion_to_length_and_asks_each_in_its_o
         DataSource(kind="text", path="p", facts_per_1k=2)
 
 
+def test_phrase_facts_are_spans_of_other_passages_written_back_word_for_word() -> None:
+    from selfctx.train.recall import recall_examples
+
+    tok = tiny_tokenizer()
+    passages = [" ".join(f"p{i}w{j}" for j in range(30)) + "." for i in range(10)]
+    kinds = []
+    for values in ("phrases", "mixed"):
+        examples = recall_examples(
+            tok, 6, 400, 1200, seed=0, passages=passages, facts_per_1k=4, values=values
+        )
+        assert len(examples) == 6
+        for example in examples:
+            text = tok.decode(list(example.input_ids))
+            context, *turns = text.split("<|im_start|>assistant\n")
+            for answer in (turn.split("<|im_end|>")[0] for turn in turns):
+                if answer.isdigit():
+                    kinds.append("number")
+                    continue
+                kinds.append("phrase")
+                words = answer.split()
+                assert 4 <= len(words) <= 10 and answer in context  # stated in the context ...
+                assert any(answer in p for p in passages)  # ... as a span of one passage
+        if values == "phrases":
+            assert set(kinds) == {"phrase"}
+    assert set(kinds) == {"phrase", "number"}  # mixed holds both
+    with pytest.raises(ValueError, match="fact_values"):
+        DataSource(kind="recall", fact_values="phrases")  # no passages to take phrases from
+
+
 def test_repeat_samples_ask_for_the_stretch_they_hold_with_every_answer_token_a_target() -> None:
     from selfctx.train.recall import repeat_examples
 

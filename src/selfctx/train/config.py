@@ -82,13 +82,16 @@ class DataSource:
     a built-in reconstruction task on a text path: a stretch of a passage, then "repeat it word for word" and
     the same stretch as the answer, so every token of the compressed text is a target (ICAE's autoencoding).
     `facts_per_1k` (recall with a path only): dense recall, that many facts per 1,000 tokens of the sample (at
-    least one), every one asked in a turn of its own, instead of 1-3 facts with one asked.
+    least one), every one asked in a turn of its own, instead of 1-3 facts with one asked. `fact_values`
+    (recall with a path only): what a fact holds, `numbers` (4-7 digits), `phrases` (a few words of another
+    passage, to be written back word for word) or `mixed` (each fact one or the other).
     """
 
     kind: Literal["synth", "chat", "text", "recall", "repeat"]
     path: str = ""
     weight: float = 1.0
     facts_per_1k: float | None = None
+    fact_values: Literal["numbers", "phrases", "mixed"] = "numbers"
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
@@ -99,6 +102,10 @@ class DataSource:
         if dense is not None and (self.kind != "recall" or not self.path or dense <= 0):
             raise ValueError(
                 f"facts_per_1k={dense}: only a recall source with a path takes it, and it must be > 0"
+            )
+        if self.fact_values != "numbers" and (self.kind != "recall" or not self.path):
+            raise ValueError(
+                f"fact_values={self.fact_values}: only a recall source with a path (passages) takes it"
             )
 
 

@@ -12,7 +12,7 @@ Answering needs what the compressed memory of earlier windows holds, which is ex
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from selfctx.train.examples import Example, tokenize_chat
 
@@ -81,6 +81,16 @@ _FACTS = (
 )
 
 
+# (statement, question) phrasings of a fact whose value is a phrase: a short span of another passage, so
+# answering means writing several words back from memory, not one number
+_PHRASE_FACTS = (
+    ("The motto engraved on the {k} reads: {v}.", "What does the motto engraved on the {k} read?"),
+    ('Remember this: the password phrase of the {k} is "{v}".', "What is the password phrase of the {k}?"),
+    ("The last line written in the {k} log was: {v}.", "What was the last line written in the {k} log?"),
+)
+FactValues = Literal["numbers", "phrases", "mixed"]
+
+
 _PLACES = ("vault", "archive", "station", "project", "device")
 _KEYS = tuple(f"{word} {place}" for word in _WORDS for place in _PLACES)
 
@@ -90,11 +100,24 @@ def _number(rng: random.Random) -> str:
     return str(rng.randrange(10 ** (digits - 1), 10**digits))
 
 
+def _phrase(rng: random.Random, passages: list[str]) -> str:
+    """4-10 consecutive words of a random passage, without trailing punctuation."""
+    words = passages[rng.randrange(len(passages))].split()
+    size = min(len(words), rng.randint(4, 10))
+    start = rng.randrange(len(words) - size + 1)
+    return " ".join(words[start : start + size]).rstrip(".,;:!?\"'")
+
+
 def filler_messages(
-    rng: random.Random, target_chars: int, passages: list[str], n_facts: int | None = None
+    rng: random.Random,
+    target_chars: int,
+    passages: list[str],
+    n_facts: int | None = None,
+    values: FactValues = "numbers",
 ) -> list[dict[str, str]]:
     """Passages up to ~target_chars with facts at random boundaries: 1-3 and a question about one of them, or
-    (dense) `n_facts` and a question about each, in turns of their own, in random order."""
+    (dense) `n_facts` and a question about each, in turns of their own, in random order. `values`: numbers
+    (4-7 digits), phrases (a few words of another passage), or mixed (each fact one or the other)."""
     pieces: list[str] = []
     size = 0
     while size < target_chars:
@@ -110,13 +133,20 @@ def filler_messages(
         facts = [(key, _number(rng)) for key in rng.sample(_KEYS, count)]
     else:  # the original draws, in their original order: runs and held-out items stay what they were
         facts = [(f"{k} {rng.choice(_PLACES)}", _number(rng)) for k in rng.sample(_WORDS, count)]
+    # numbers draw nothing more, so their samples stay what they were before phrases existed
+    templates = {key: (statement, question) for key, _ in facts}
+    if values != "numbers":
+        for i, (key, _) in enumerate(facts):
+            if values == "phrases" or rng.random() < 0.5:
+                facts[i] = (key, _phrase(rng, passages))
+                templates[key] = _PHRASE_FACTS[rng.randrange(len(_PHRASE_FACTS))]
     for key, value in facts:
-        pieces.insert(rng.randint(0, len(pieces)), statement.format(k=key, v=value))
+        pieces.insert(rng.randint(0, len(pieces)), templates[key][0].format(k=key, v=value))
     asked = rng.sample(facts, count) if dense else [facts[rng.randrange(count)]]
     context = "\n\n".join(pieces)
     messages: list[dict[str, str]] = []
     for i, (key, value) in enumerate(asked):
-        prompt = question.format(k=key)
+        prompt = templates[key][1].format(k=key)
         messages.append({"role": "user", "content": f"{context}\n\n{prompt}" if i == 0 else prompt})
         messages.append({"role": "assistant", "content": value})
     return messages
@@ -130,10 +160,11 @@ def recall_examples(
     seed: int,
     passages: list[str] | None = None,
     facts_per_1k: float | None = None,
+    values: FactValues = "numbers",
 ) -> list[Example]:
     """`n_samples` tokenized conversations of min_tokens..max_tokens tokens (lengths drawn uniformly); with
-    `passages`, facts hidden among them (`facts_per_1k`: that many per 1,000 tokens, each asked), else
-    records only."""
+    `passages`, facts hidden among them (`facts_per_1k`: that many per 1,000 tokens, each asked; `values`:
+    what the facts hold), else records only."""
     rng = random.Random(f"recall-{seed}")
     out: list[Example] = []
     attempts = 0
@@ -146,7 +177,7 @@ def recall_examples(
         for _ in range(3):
             sample_rng = random.Random(sample_seed)
             messages = (
-                filler_messages(sample_rng, chars, passages, n_facts)
+                filler_messages(sample_rng, chars, passages, n_facts, values)
                 if passages
                 else recall_messages(sample_rng, chars)
             )
