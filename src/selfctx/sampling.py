@@ -32,10 +32,12 @@ def nucleus_choice(probs: torch.Tensor, top_p: float, generator: torch.Generator
     (the most likely token is always kept)."""
     import torch
 
+    if top_p >= 1.0:  # the whole distribution: nothing to sort
+        return int(torch.multinomial(probs, 1, generator=generator))
     p, ids = torch.topk(probs, min(_NUCLEUS_SHORTCUT, probs.shape[-1]))
-    if top_p >= 1.0 or float(p.sum()) < top_p:
+    if float(p.sum()) < top_p:
         p, ids = torch.sort(probs, descending=True)
-    keep = torch.cumsum(p, dim=0) - p < top_p if top_p < 1.0 else torch.ones_like(p, dtype=torch.bool)
+    keep = torch.cumsum(p, dim=0) - p < top_p
     choice = torch.multinomial(p[keep], 1, generator=generator)
     return int(ids[keep][choice])
 

@@ -216,3 +216,13 @@ def test_several_named_batteries_score_in_one_run_each_in_its_own_folder(tmp_pat
     for name in ("a", "b"):
         run = json.loads((tmp_path / "nd" / f"{name}-w32-r4" / "run.json").read_text())
         assert run["experts"] == str((tmp_path / f"experts-{name}").resolve())
+
+
+def test_an_experts_folder_with_an_equals_sign_is_a_folder_not_a_name(tmp_path: Path) -> None:
+    from selfctx.commands.eval import _Methods
+
+    folder = tmp_path / "lr=3e-4"
+    folder.mkdir()
+    entries = [str(folder), f"s400={tmp_path / 'b'}", "runs/lr=3e-4"]
+    methods = _Methods("tiny", ["compressed"], entries, None, None, "float32", "cpu", "hf")
+    assert methods.batteries == [(None, str(folder)), ("s400", str(tmp_path / "b")), (None, "runs/lr=3e-4")]

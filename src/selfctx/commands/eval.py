@@ -4,6 +4,7 @@ method-comparison report."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, get_args
@@ -51,7 +52,8 @@ class _Methods:
         out: list[tuple[str | None, str | None]] = []
         for entry in self.experts or []:
             name, sep, folder = entry.partition("=")
-            out.append((name, folder) if sep else (None, entry))
+            named = sep and re.fullmatch(r"[\w.-]+", name) and not Path(entry).exists()
+            out.append((name, folder) if named else (None, entry))
         return out or [(None, None)]
 
     def check(self) -> _Methods:
@@ -65,8 +67,6 @@ class _Methods:
             raise SelfctxError(
                 "several --experts need distinct names: write each as NAME=DIR (--experts s400=runs/a)"
             )
-        if any(name is not None and (not name or "/" in name) for name in names):
-            raise SelfctxError("--experts NAME=DIR: NAME must be a non-empty folder name without '/'")
         unknown = [m for m in self.methods if m not in METHOD_KINDS and truncation_limit(m) is None]
         if unknown or not self.methods:
             raise SelfctxError(

@@ -502,9 +502,9 @@ class CompressedLM(nn.Module):
                 f"{max_new_tokens} new tokens exceed the native context {self.native_context}: "
                 "use a higher ratio or a shorter prompt"
             )
-        rows = [
-            DecodeRow(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-            for ids in prompt_ids
+        rows = [  # row i samples from seed + i: identical prompts in one batch still draw apart
+            DecodeRow(ids, max_new_tokens, temperature, top_p, None if seed is None else seed + i)
+            for i, ids in enumerate(prompt_ids)
         ]
         decode_rows(self, memory, rows)
         finished = time.perf_counter()

@@ -27,15 +27,22 @@ class CellLog:
         self.done: dict[str, dict[str, Any]] = {}
         if not path.is_file():
             return
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()  # the file ends with a newline: no partial last line
         good: list[dict[str, Any]] = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
+            last = number == len(lines)
             try:
-                good.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number != len(lines):
+                # a row written whole ends with a newline: a last line without one is torn, even if it parses
+                if last and not data.endswith(b"\n"):
+                    raise ValueError("torn")
+                good.append(json.loads(line.decode("utf-8")))
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError (a write cut inside a character)
+                if not last:
                     raise SelfctxError(
                         f"{path}:{number} is not valid JSON: delete that line or the file"
                     ) from None

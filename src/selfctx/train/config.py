@@ -83,7 +83,7 @@ class DataSource:
     the same stretch as the answer, so every token of the compressed text is a target (ICAE's autoencoding).
     `facts_per_1k` (recall with a path only): dense recall, that many facts per 1,000 tokens of the sample (at
     least one), every one asked in a turn of its own, instead of 1-3 facts with one asked. `fact_values`
-    (recall with a path only): what a fact holds, `numbers` (4-7 digits), `phrases` (a few words of another
+    (recall with a path only): what a fact holds, `numbers` (4-7 digits), `phrases` (a few words of a pool
     passage, to be written back word for word) or `mixed` (each fact one or the other).
     """
 

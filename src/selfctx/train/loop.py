@@ -270,7 +270,7 @@ class Trainer:
                 losses.append(loss)
                 if not math.isfinite(loss):
                     raise SelfctxError(f"loss became {loss} at step {step}: lower optim.lr or check the data")
-                if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                if log is not None and (step % cfg.log_every == 0 or step == last):
                     row = {
                         "step": step,
                         "loss": loss,

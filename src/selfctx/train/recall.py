@@ -101,8 +101,13 @@ def _number(rng: random.Random) -> str:
 
 
 def _phrase(rng: random.Random, passages: list[str]) -> str:
-    """4-10 consecutive words of a random passage, without trailing punctuation."""
-    words = passages[rng.randrange(len(passages))].split()
+    """4-10 consecutive words of a random passage of the pool, without trailing punctuation."""
+    words: list[str] = []
+    for _ in range(8):  # a passage with a few words at least
+        words = passages[rng.randrange(len(passages))].split()
+        if len(words) >= 4:
+            break
+    words = words or ["(blank)"]
     size = min(len(words), rng.randint(4, 10))
     start = rng.randrange(len(words) - size + 1)
     return " ".join(words[start : start + size]).rstrip(".,;:!?\"'")
@@ -117,7 +122,7 @@ def filler_messages(
 ) -> list[dict[str, str]]:
     """Passages up to ~target_chars with facts at random boundaries: 1-3 and a question about one of them, or
     (dense) `n_facts` and a question about each, in turns of their own, in random order. `values`: numbers
-    (4-7 digits), phrases (a few words of another passage), or mixed (each fact one or the other)."""
+    (4-7 digits), phrases (a few words of a pool passage), or mixed (each fact one or the other)."""
     pieces: list[str] = []
     size = 0
     while size < target_chars:
