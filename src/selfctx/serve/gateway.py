@@ -117,39 +117,26 @@ class ApiShape:
     final_choice: Callable[[JobResult], dict[str, Any]]
 
 
+def _choice(finish: str | None, **content: Any) -> dict[str, Any]:
+    """One OpenAI choice: its content fields, then finish_reason and logprobs (never sent here)."""
+    return {"index": 0, **content, "finish_reason": finish, "logprobs": None}
+
+
 CHAT = ApiShape(
     id_prefix="chatcmpl",
     object="chat.completion",
     chunk_object="chat.completion.chunk",
-    chunk_choice=lambda delta, finish: {
-        "index": 0,
-        "delta": delta,
-        "finish_reason": finish,
-        "logprobs": None,
-    },
-    final_choice=lambda result: {
-        "index": 0,
-        "message": {"role": "assistant", "content": result.text},
-        "finish_reason": result.finish_reason,
-        "logprobs": None,
-    },
+    chunk_choice=lambda delta, finish: _choice(finish, delta=delta),
+    final_choice=lambda result: _choice(
+        result.finish_reason, message={"role": "assistant", "content": result.text}
+    ),
 )
 TEXT = ApiShape(
     id_prefix="cmpl",
     object="text_completion",
     chunk_object="text_completion",
-    chunk_choice=lambda delta, finish: {
-        "index": 0,
-        "text": delta.get("content", ""),
-        "finish_reason": finish,
-        "logprobs": None,
-    },
-    final_choice=lambda result: {
-        "index": 0,
-        "text": result.text,
-        "finish_reason": result.finish_reason,
-        "logprobs": None,
-    },
+    chunk_choice=lambda delta, finish: _choice(finish, text=delta.get("content", "")),
+    final_choice=lambda result: _choice(result.finish_reason, text=result.text),
 )
 
 
