@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from selfctx.cli import app
 from selfctx.config import load_config
+from selfctx.errors import SelfctxError
 from selfctx.train.experts import ExpertsConfig, run_experts
 from selfctx.train.preset import preset_defaults
 
@@ -112,6 +113,7 @@ KILLER = """
 import os, signal, sys
 from selfctx.train.preset import preset_defaults
 from selfctx.config import load_config
+from selfctx.errors import SelfctxError
 from selfctx.train.experts import ExpertsConfig, run_experts
 out, kill_at = sys.argv[1], int(sys.argv[2])
 cfg = load_config(ExpertsConfig, None, [f"loop.output_dir={out}", "loop.max_steps=6", "loop.save_every=2"],
@@ -282,4 +284,18 @@ def test_a_time_limit_bounds_all_experts_of_one_command(tmp_path: Path) -> None:
     assert {name: run.step for name, run in result.runs.items()} == {"r2": 1}
     assert result.experts_dir is None
     again = run_experts(smoke_cfg(tmp_path / "run", "loop.max_steps=4"))  # no limit now: it resumes
+    assert again.runs["r2"].resumed_from == 1 and again.experts_dir is not None
+
+
+def test_resuming_with_other_settings_is_refused_before_training(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_experts(smoke_cfg(out, "loop.max_steps=3", "experts.ratios=[2]", "loop.stop_at_step=1"))
+    log = (out / "r2" / "train_log.jsonl").read_text()
+    with pytest.raises(SelfctxError, match=r"r2 was trained with loop\.optim\.lr=.*new loop\.output_dir"):
+        run_experts(smoke_cfg(out, "loop.max_steps=3", "experts.ratios=[2]", "loop.optim.lr=0.5"))
+    assert (out / "r2" / "train_log.jsonl").read_text() == log  # refused before anything ran
+    # where the run lives, when this sitting stops and which other experts the battery holds may change
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    again = run_experts(smoke_cfg(moved, "loop.max_steps=3", "experts.ratios=[2, 4]", "loop.save_every=1"))
     assert again.runs["r2"].resumed_from == 1 and again.experts_dir is not None

@@ -133,7 +133,7 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(
 
 def test_resume_with_another_batch_geometry_is_refused(tmp_path: Path, synth_dir: Path) -> None:
     run_finetune(tiny_cfg(tmp_path / "g", synth_dir), stop_after=2)
-    with pytest.raises(SelfctxError, match="samples per step"):
+    with pytest.raises(SelfctxError, match=r"trained with loop\.micro_batch_size=1, this command has 2"):
         run_finetune(tiny_cfg(tmp_path / "g", synth_dir, "loop.micro_batch_size=2"))
 
 

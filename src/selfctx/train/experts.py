@@ -38,7 +38,7 @@ from selfctx.train.config import DataConfig, DataSource, LoopConfig, ModelSettin
 from selfctx.train.data import MixBatches, build_mix
 from selfctx.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from selfctx.train.examples import IGNORE_INDEX
-from selfctx.train.loop import Trainer, TrainResult, check_before_loading
+from selfctx.train.loop import Trainer, TrainResult, check_before_loading, check_same_settings
 
 TINY_INIT = 0.2
 EXPERTS_DIR = "experts"
@@ -341,6 +341,14 @@ def _all_runs(cfg: ExpertsConfig) -> list[tuple[str, list[int]]]:
     return run_plan(replace(cfg, parallel="data"), DistInfo())
 
 
+def _check_same_runs(cfg: ExpertsConfig) -> None:
+    """Every run folder of the plan that has trained was trained with `cfg`'s settings."""
+    # a LoRA expert's run does not depend on the battery's other ratios: more may be added to it later
+    per_run = frozenset({"experts.ratios"}) if cfg.experts.kind == "lora" else frozenset()
+    for name, _ in _all_runs(cfg):
+        check_same_settings(Path(cfg.loop.output_dir) / name, cfg, per_run)
+
+
 def run_experts(
     cfg: ExpertsConfig,
     stop_after: int | None = None,
@@ -353,6 +361,7 @@ def run_experts(
     from selfctx.models import resolve_dtype
 
     check_before_loading(cfg.model.name, cfg.loop, cfg.data)
+    _check_same_runs(cfg)
     info = init_distributed(cfg.loop.device)
     try:
         device = resolve_device(cfg.loop.device, info)
@@ -489,6 +498,7 @@ def snapshot_battery(cfg: ExpertsConfig, target: Path) -> dict[str, int]:
     from selfctx.train.distributed import resolve_device
 
     check_before_loading(cfg.model.name, cfg.loop)
+    _check_same_runs(cfg)
     check_out_folder(target, "--snapshot")
     device = resolve_device(cfg.loop.device, DistInfo())
     model, tokenizer = load_base(cfg.model, cfg.loop.seed, device, resolve_dtype(cfg.loop.dtype, device.type))

@@ -23,7 +23,7 @@ from selfctx.tiny import TINY
 from selfctx.train.config import FinetuneConfig
 from selfctx.train.data import MixBatches, build_mix
 from selfctx.train.distributed import barrier, cleanup, init_distributed, resolve_device
-from selfctx.train.loop import Trainer, TrainResult, check_before_loading
+from selfctx.train.loop import Trainer, TrainResult, check_before_loading, check_same_settings
 from selfctx.train.objective import CausalLMObjective
 from selfctx.train.rope import apply_rope_scaling
 
@@ -149,6 +149,7 @@ def run_finetune(
     from selfctx.models import resolve_dtype
 
     check_before_loading(cfg.model.name, cfg.loop, cfg.data)
+    check_same_settings(Path(cfg.loop.output_dir), cfg)
     info = init_distributed(cfg.loop.device)
     try:
         device = resolve_device(cfg.loop.device, info)

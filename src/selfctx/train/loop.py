@@ -41,6 +41,22 @@ from selfctx.train.distributed import (
 from selfctx.train.objective import Objective
 
 LOG_FILE = "train_log.jsonl"
+RUN_CONFIG_FILE = "train_config.json"
+# What may change between sittings of one run: where it lives, the machine it runs on, how it is watched and
+# when this sitting stops. Everything else (model, data, objective, schedule...) is the run itself.
+SITTING_SETTINGS = frozenset(
+    f"loop.{key}"
+    for key in (
+        "output_dir",
+        "device",
+        "time_limit_s",
+        "stop_at_step",
+        "save_every",
+        "keep_checkpoints",
+        "log_every",
+        "tensorboard",
+    )
+)
 
 
 class BatchSource(Protocol):
@@ -72,6 +88,41 @@ def check_before_loading(
         resolve_model(model_name)
     if data is not None:
         check_sources(data)
+
+
+def check_same_settings(run_dir: Path, run_config: Any, may_change: frozenset[str] = frozenset()) -> None:
+    """Refuse to resume a run in `run_dir` with other settings than it was trained with (one result folder,
+    one run). Settings absent from either side (written by an older or newer version) are not compared."""
+    saved = run_dir / RUN_CONFIG_FILE
+    if ckpt.latest(run_dir) is None or not saved.is_file():
+        return
+    before = _flatten(json.loads(saved.read_text()))
+    now = _flatten(json.loads(json.dumps(config_mod.to_dict(run_config))))
+    allowed = SITTING_SETTINGS | may_change
+    changed = [k for k in sorted(before.keys() & now.keys()) if before[k] != now[k] and k not in allowed]
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise SelfctxError(
+            f"{run_dir} was trained with {key}={before[key]!r}, this command has {now[key]!r}{more}: resume "
+            f"with the run's settings ({saved}) or train into a new loop.output_dir"
+        )
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts and lists as {"a.b[0].c": leaf}."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        out = {}
+        for i, inner in enumerate(value):
+            out.update(_flatten(inner, f"{prefix}[{i}]"))
+        out[f"{prefix}.len"] = len(value)
+        return out
+    return {prefix: value}
 
 
 def seed_everything(seed: int) -> None:
@@ -244,7 +295,7 @@ class Trainer:
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.run_config is not None:
-                write_json_atomic(self.output_dir / "train_config.json", config_mod.to_dict(self.run_config))
+                write_json_atomic(self.output_dir / RUN_CONFIG_FILE, config_mod.to_dict(self.run_config))
         self.model.train()
         losses: list[float] = []
         bar = progress_bar(desc="train", total=cfg.max_steps, unit="step") if self.dist.is_main else None
