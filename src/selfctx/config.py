@@ -120,7 +120,7 @@ def _build(cls: type[C], data: dict[str, Any], where: str) -> C:
     }
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, SelfctxError) as exc:
         raise SelfctxError(f"{where or cls.__name__}: {exc}") from None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -203,7 +205,7 @@ def test_memory_save_load_gives_identical_generation(tmp_path):
 @pytest.mark.parametrize("pattern", ["full-coverage", "segmentation", "step-expansion"])
 def test_grouping_windows_does_not_change_the_result(pattern):
     lm = make_lm(ratios=(4,))
-    lm.pattern = pattern
+    lm.config = dataclasses.replace(lm.config, pattern=pattern)
     randomize(lm.battery, 7)
     ids = ids_of(2, 5 * WINDOW + 3)
     with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ def test_span_last_memory_tokens_start_distinct_and_tied_to_their_span():
 
 def test_saved_battery_keeps_memory_input_and_sink(tmp_path: Path):
     lm = make_lm(sink=1)
-    lm.battery.mechanism = {"window": WINDOW, "native_context": 1024, "pattern": "full-coverage", "sink": 1}
+    lm.battery.config = dataclasses.replace(lm.config, native_context=1024)  # what training gives it
     lm.battery.save(tmp_path / "experts")
     loaded = CompressedLM.from_pretrained(lm.model, tmp_path / "experts")
     assert loaded.sink == 1 and loaded.window == WINDOW

@@ -117,13 +117,13 @@ def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
 
 
 def test_compressed_method_defaults_to_the_window_the_experts_were_trained_with(tmp_path: Path) -> None:
-    from selfctx.compress import ExpertBattery
+    from selfctx.compress import CompressorConfig, ExpertBattery
     from selfctx.eval.methods import build_method
     from selfctx.tiny import tiny_llama, tiny_tokenizer
 
     model = tiny_llama(seed=0)
-    battery = ExpertBattery.create(model, (4,))
-    battery.mechanism = {"window": 32, "native_context": 128, "pattern": "full-coverage", "sink": 1}
+    trained = CompressorConfig(ratios=(4,), window=32, native_context=128, sink=1)
+    battery = ExpertBattery.create(model, config=trained)
     battery.save(tmp_path / "experts")
     method = build_method("compressed", model, tiny_tokenizer(), experts=str(tmp_path / "experts"), ratio=4)
     lm = method.compressed  # type: ignore[attr-defined]
@@ -194,13 +194,13 @@ def test_truncate_n_is_the_truncate_method_at_n_tokens(tiny_lm) -> None:
 
 
 def test_several_named_batteries_score_in_one_run_each_in_its_own_folder(tmp_path: Path, tiny_lm) -> None:
-    from selfctx.compress import ExpertBattery
+    from selfctx.compress import CompressorConfig, ExpertBattery
 
     model_dir = _tiny_model_folder(tmp_path, tiny_lm)
     model, _ = tiny_lm
     for name in ("a", "b"):
-        battery = ExpertBattery.create(model, (4,))
-        battery.mechanism = {"window": 32, "native_context": 256, "pattern": "full-coverage", "sink": 1}
+        trained = CompressorConfig(ratios=(4,), window=32, native_context=256, sink=1)
+        battery = ExpertBattery.create(model, config=trained)
         battery.save(tmp_path / f"experts-{name}")
     hay = tmp_path / "hay"
     hay.mkdir()

@@ -57,7 +57,7 @@ def test_every_budget_plans(budget: str, tmp_path: Path) -> None:
     cfg = load_extend_config("smollm2-135m", budget)
     plan = make_plan(cfg, tmp_path, native_of_model=8192)
     assert plan.needle_lengths[-1] == cfg.target_length
-    assert plan.experts.experts.ratios == list(plan.ratios)
+    assert plan.experts.experts.ratios == tuple(plan.ratios)
     assert plan.experts.loop.output_dir == str(tmp_path / "train")
     assert [(s.kind, s.path) for s in plan.experts.data.sources] == [
         ("recall", str(tmp_path / "synth" / "pool")),

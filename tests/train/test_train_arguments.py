@@ -31,7 +31,7 @@ CASES = [
     ("experts", ["data.sources=[{kind: chat, path: {tmp}/nowhere.jsonl}]"], "data.sources"),
     ("experts", ["loop.device=gpu9"], "loop.device"),
     ("experts", ["loop.output_dir={tmp}/a-file/run"], "loop.output_dir"),
-    ("experts", ["experts.native_context=32"], "experts.native_context"),
+    ("experts", ["experts.native_context=32"], "experts: window 32 must be smaller than the native context"),
     ("finetune", ["data.sources=[{kind: text, path: {tmp}/nowhere}]"], "data.sources"),
     ("finetune", ["loop.device=gpu9"], "loop.device"),
 ]

@@ -337,15 +337,16 @@ def recall_items(tokenizer: Any, texts: list[str], n: int, low: int, high: int) 
 def _battery_settings(folder: Path, ratio: int) -> dict[str, int]:
     """Window and sink a battery folder was trained with; a clear error before any model loads."""
     from selfctx.compress.battery import read_battery_meta
+    from selfctx.compress.config import CompressorConfig
 
     meta = read_battery_meta(folder, "--battery")
     if ratio not in meta.get("ratios", []):
         have = meta.get("ratios")
         raise SelfctxError(f"--battery {folder} has no x{ratio} expert (it has {have}): pick one of those")
-    mechanism = meta.get("mechanism") or {}
-    if "window" not in mechanism:
+    if "compressor" not in meta and "window" not in (meta.get("mechanism") or {}):
         raise SelfctxError(f"--battery {folder} does not record its window: retrain or snapshot it again")
-    return {"window": int(mechanism["window"]), "sink": int(mechanism.get("sink") or 0)}
+    trained = CompressorConfig.from_battery_json(meta)
+    return {"window": trained.window, "sink": trained.sink}
 
 
 def _train(

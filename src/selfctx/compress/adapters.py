@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-LoraOn = Literal["memory", "all"]
-MemoryInput = Literal[
-    "shared", "span_last"
-]  # what a memory token's input embedding is (engine.memory_inputs)
+from selfctx.compress.config import PROJECTIONS, Kind, LoraOn, MemoryInput
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
     """Everything needed to rebuild an adapter's shapes; saved as expert_config.json."""
 
-    kind: Literal["lora", "mha_clone"] = "lora"
+    kind: Kind = "lora"
     ratio: int | None = 8  # None for the ratio-agnostic MHA clone
     rank: int = 8
     alpha: float = 16.0

@@ -1,7 +1,7 @@
 """The expert battery: ratio -> adapter, saved as one folder per expert, and the router that picks one.
 
 On disk (named as what they are, not as PEFT adapters: PEFT cannot load a memory expert):
-    DIR/battery.json                      {"kind": "lora"|"mha_clone", "ratios": [...], "base_model": ...}
+    DIR/battery.json                      {"kind", "ratios", "base_model", "compressor": CompressorConfig}
     DIR/README.md                         a model card: what the folder is and how to load it
     DIR/expert-r8/expert_config.json      AdapterConfig
     DIR/expert-r8/expert.safetensors      weights; the header's metadata names format, ratio and base model
@@ -11,6 +11,7 @@ Batteries saved before this layout (adapter_config.json + adapter_model.safetens
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,22 +21,14 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from selfctx.compress.adapters import (
-    PROJECTIONS,
-    AdapterConfig,
-    LoraOn,
-    MemoryAdapter,
-    MemoryInput,
-    build_adapter,
-)
+from selfctx.compress.adapters import AdapterConfig, MemoryAdapter, build_adapter
+from selfctx.compress.config import CompressorConfig, Kind, LoraOn, MemoryInput
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import atomic_open, write_json_atomic, write_text_atomic
 
 CONFIG_FILE, WEIGHTS_FILE = "expert_config.json", "expert.safetensors"
 _OLD_CONFIG_FILE, _OLD_WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"  # before the rename
 FORMAT = "selfctx-memory-expert"
-
-DEFAULT_RATIOS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def _folder_name(config: AdapterConfig) -> str:
@@ -68,73 +61,76 @@ def _init_embedding(model: Any, token_id: int | None) -> tuple[torch.Tensor, int
 
 
 class ExpertBattery(nn.Module):
-    """Adapters by ratio.
+    """Adapters by ratio, and the config they were built (and trained) under.
 
     `kind="lora"`: one LoRA expert per ratio. `kind="mha_clone"`: one shared compressor for all ratios.
     """
 
-    def __init__(self, kind: str, adapters: dict[int, MemoryAdapter]) -> None:
+    def __init__(self, config: CompressorConfig, adapters: dict[int, MemoryAdapter]) -> None:
         super().__init__()
         if not adapters:
             raise SelfctxError("an expert battery needs at least one ratio")
-        self.kind = kind
         self.ratios: tuple[int, ...] = tuple(sorted(adapters))
+        # what inference uses unless told otherwise: saved with the battery
+        self.config = dataclasses.replace(config.compressor_only(), ratios=self.ratios)
+        self.kind = self.config.kind
         unique: dict[int, MemoryAdapter] = {}
         for adapter in adapters.values():
             unique.setdefault(id(adapter), adapter)
         # Registered once each (the clone is shared); typed by what it holds.
         self.adapters: list[MemoryAdapter] = nn.ModuleList(unique.values())  # type: ignore[assignment]
         self._by_ratio = adapters
-        # The window mechanism the battery was trained under (window, native_context, pattern, sink): saved
-        # with it so inference uses the same settings by default.
-        self.mechanism: dict[str, Any] = {}
 
     @staticmethod
     def create(
         model: Any,
-        ratios: tuple[int, ...] | list[int] = DEFAULT_RATIOS,
+        ratios: tuple[int, ...] | list[int] | None = None,
         *,
-        kind: str = "lora",
-        rank: int = 8,
-        alpha: float = 16.0,
-        targets: tuple[str, ...] = PROJECTIONS,
-        lora_on: LoraOn = "memory",
+        config: CompressorConfig | None = None,
+        kind: Kind | None = None,
+        rank: int | None = None,
+        alpha: float | None = None,
+        targets: tuple[str, ...] | None = None,
+        lora_on: LoraOn | None = None,
+        memory_input: MemoryInput | None = None,
         base_model: str = "",
         init_token_id: int | None = None,
-        memory_input: MemoryInput = "shared",
     ) -> ExpertBattery:
-        """Untrained adapters for `model` (LoRA B = 0: each expert starts as the base weights)."""
-        bad = [t for t in targets if t not in PROJECTIONS]
-        if bad:
-            raise SelfctxError(f"unknown LoRA target {bad[0]!r}: choose from {', '.join(PROJECTIONS)}")
-        ratios = tuple(sorted(set(int(r) for r in ratios)))
-        if not ratios or min(ratios) < 2:
-            raise SelfctxError("compression ratios must be integers >= 2")
+        """Untrained adapters for `model` (LoRA B = 0: each expert starts as the base weights), as `config`
+        says (default: `CompressorConfig()`) with the given settings over it."""
+        given = tuple(sorted(set(int(r) for r in ratios))) if ratios is not None else None
+        settings = (config or CompressorConfig()).override(
+            ratios=given,
+            kind=kind,
+            rank=rank,
+            alpha=alpha,
+            targets=tuple(targets) if targets is not None else None,
+            lora_on=lora_on,
+            memory_input=memory_input,
+        )
         layers = model.model.layers
         embedding, token = _init_embedding(model, init_token_id)
         common: dict[str, Any] = dict(
-            rank=rank,
-            alpha=alpha,
-            targets=tuple(targets),
-            lora_on=lora_on,
+            rank=settings.rank,
+            alpha=settings.alpha,
+            targets=settings.targets,
+            lora_on=settings.lora_on,
             base_model=base_model,
             hidden_size=model.config.hidden_size,
             num_layers=len(layers),
             init_token_id=token,
-            memory_input=memory_input,
+            memory_input=settings.memory_input,
         )
-        if kind == "lora":
+        ordered = tuple(sorted(set(settings.ratios)))
+        if settings.kind == "lora":
             adapters = {
                 r: build_adapter(AdapterConfig(kind="lora", ratio=r, **common), layers, embedding)
-                for r in ratios
+                for r in ordered
             }
-        elif kind == "mha_clone":
-            config = AdapterConfig(kind="mha_clone", ratio=None, extra={"ratios": list(ratios)}, **common)
-            shared = build_adapter(config, layers, embedding)
-            adapters = dict.fromkeys(ratios, shared)
         else:
-            raise SelfctxError(f"unknown expert kind {kind!r}: use lora or mha_clone")
-        battery = ExpertBattery(kind, adapters)
+            clone = AdapterConfig(kind="mha_clone", ratio=None, extra={"ratios": list(ordered)}, **common)
+            adapters = dict.fromkeys(ordered, build_adapter(clone, layers, embedding))
+        battery = ExpertBattery(settings, adapters)
         battery.requires_grad_(False)
         return battery
 
@@ -172,7 +168,7 @@ class ExpertBattery(nn.Module):
             if self.kind == "mha_clone"
             else ", ".join(f"x{r}" for r in self.ratios) + f" (one LoRA expert per ratio, rank {first.rank})"
         )
-        mechanism = ", ".join(f"{k} {v}" for k, v in sorted(self.mechanism.items())) or "library defaults"
+        mechanism = ", ".join(f"{k} {v}" for k, v in sorted(self.config.mechanism().items()))
         return (
             "---\n"
             "library_name: selfctx\n"
@@ -220,7 +216,8 @@ class ExpertBattery(nn.Module):
                 "ratios": list(self.ratios),
                 "base_model": first.base_model,
                 "parameters": self.parameter_counts(),
-                "mechanism": self.mechanism,
+                "compressor": self.config.to_json(),
+                "mechanism": self.config.mechanism(),  # what versions before "compressor" read
             },
         )
 
@@ -235,10 +232,13 @@ class ExpertBattery(nn.Module):
             ["mha-clone"] if meta["kind"] == "mha_clone" else [f"expert-r{r}" for r in meta["ratios"]]
         )
         adapters: dict[int, MemoryAdapter] = {}
+        first: dict[str, Any] | None = None
         for name in subfolders:
             sub = folder / name
             config_file, weights_file = _files(sub)
-            config = AdapterConfig.from_json(json.loads(config_file.read_text()))
+            raw = json.loads(config_file.read_text())
+            first = first or raw
+            config = AdapterConfig.from_json(raw)
             if config.hidden_size != model.config.hidden_size or config.num_layers != len(layers):
                 raise SelfctxError(
                     f"expert {sub} was trained for hidden size {config.hidden_size} x {config.num_layers} "
@@ -258,8 +258,7 @@ class ExpertBattery(nn.Module):
                 adapters.update(dict.fromkeys(meta["ratios"], adapter))
             else:
                 adapters[int(config.ratio or 0)] = adapter
-        battery = ExpertBattery(meta["kind"], adapters)
-        battery.mechanism = dict(meta.get("mechanism") or {})
+        battery = ExpertBattery(CompressorConfig.from_battery_json(meta, first), adapters)
         battery.requires_grad_(False)
         return battery
 

@@ -34,10 +34,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from selfctx.compress.adapters import MemoryAdapter
+from selfctx.compress.config import AttentionPattern
 from selfctx.errors import SelfctxError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-AttentionPattern = Literal["full-coverage", "segmentation", "step-expansion"]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

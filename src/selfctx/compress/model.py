@@ -11,6 +11,7 @@ Every result reports the expert used, the requested and achieved ratio and the m
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +22,17 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from selfctx.compress.adapters import MemoryInput
-from selfctx.compress.battery import DEFAULT_RATIOS, ExpertBattery, Route, read_battery_meta, route
+from selfctx.compress.battery import ExpertBattery, Route, read_battery_meta, route
+from selfctx.compress.config import (
+    DEFAULT_RATIOS,
+    DEFAULT_WINDOW,
+    AttentionPattern,
+    CompressorConfig,
+    Kind,
+    MemoryInput,
+)
 from selfctx.compress.decode import DecodeRow, decode_rows
 from selfctx.compress.engine import (
-    AttentionPattern,
     BaseParts,
     LayerMemory,
     cache_from_memory,
@@ -66,9 +73,6 @@ class GenerationResult:
         return self.texts[0]
 
 
-DEFAULT_WINDOW = 1024
-
-
 def untrained_ratios(window: int, ratios: tuple[int, ...] = DEFAULT_RATIOS) -> tuple[int, ...]:
     """The ratios an untrained battery gets for `window` (those that divide it)."""
     return tuple(r for r in ratios if window % r == 0 and r <= window)
@@ -89,7 +93,7 @@ def check_compression_args(
     check_positive(native_context, "--native-context")
     meta = read_battery_meta(experts, "--experts") if experts is not None else None
     # an unset native context is the one the experts were trained under (as from_pretrained resolves it)
-    trained_native = (meta.get("mechanism") or {}).get("native_context") if meta else None
+    trained_native = CompressorConfig.from_battery_json(meta).native_context if meta else None
     native = native_context if native_context is not None else trained_native
     if window is not None and native is not None and window >= int(native):
         where = (
@@ -128,7 +132,11 @@ class TrainOutput:
 
 
 class CompressedLM(nn.Module):
-    """The frozen base model + an expert battery + the window/memory mechanism."""
+    """The frozen base model + an expert battery + the window/memory mechanism.
+
+    The mechanism (window, native context, pattern, group size, sink) is the battery's config — what it was
+    trained under — with the settings given here over it; `config` holds the result.
+    """
 
     def __init__(
         self,
@@ -136,11 +144,11 @@ class CompressedLM(nn.Module):
         tokenizer: PreTrainedTokenizerBase | None,
         battery: ExpertBattery,
         *,
-        window: int = 1024,
+        window: int | None = None,
         native_context: int | None = None,
-        pattern: AttentionPattern = "full-coverage",
-        group_tokens: int = 8192,
-        sink: int = 0,
+        pattern: AttentionPattern | None = None,
+        group_tokens: int | None = None,
+        sink: int | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
@@ -149,25 +157,39 @@ class CompressedLM(nn.Module):
         self.model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.battery = battery
-        self.window = int(window)
-        self.native_context = int(native_context or model.config.max_position_embeddings)
-        self.pattern: AttentionPattern = pattern
-        self.group_tokens = group_tokens
-        # The input's first `sink` tokens stay raw at positions 0.. (never compressed): a frozen reader
-        # parks spare attention on its first token, and loses it when that token is compressed away.
-        self.sink = int(sink)
-        if self.sink < 0:
-            raise SelfctxError(f"sink must be >= 0 raw tokens, got {self.sink}")
+        config = battery.config.override(
+            window=window,
+            native_context=native_context,
+            pattern=pattern,
+            group_tokens=group_tokens,
+            sink=sink,
+        )
+        if config.native_context is None:  # the model's own
+            config = dataclasses.replace(config, native_context=int(model.config.max_position_embeddings))
+        self.config = config
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
-        for ratio in battery.ratios:
-            if self.window % ratio:
-                raise SelfctxError(
-                    f"window {self.window} is not divisible by ratio {ratio}: pick a window that is"
-                )
-        if self.window >= self.native_context:
-            raise SelfctxError(
-                f"window {self.window} must be smaller than the native context {self.native_context}"
-            )
+
+    @property
+    def window(self) -> int:
+        return self.config.window
+
+    @property
+    def native_context(self) -> int:
+        return int(self.config.native_context or 0)  # always set in __init__
+
+    @property
+    def pattern(self) -> AttentionPattern:
+        return self.config.pattern
+
+    @property
+    def group_tokens(self) -> int:
+        return self.config.group_tokens
+
+    @property
+    def sink(self) -> int:
+        """The input's first `sink` tokens stay raw at positions 0.. (never compressed): a frozen reader
+        parks spare attention on its first token, and loses it when that token is compressed away."""
+        return self.config.sink
 
     # ---------------------------------------------------------------- construction
     @staticmethod
@@ -183,7 +205,7 @@ class CompressedLM(nn.Module):
         device: str | None = None,
         pattern: AttentionPattern | None = None,
         sink: int | None = None,
-        kind: str = "lora",
+        kind: Kind = "lora",
         rank: int = 8,
         memory_input: MemoryInput = "shared",
     ) -> CompressedLM:
@@ -202,21 +224,25 @@ class CompressedLM(nn.Module):
         elif experts is not None:
             battery = ExpertBattery.load(experts, model)
         else:
-            usable = untrained_ratios(window or DEFAULT_WINDOW, ratios)
-            battery = ExpertBattery.create(
-                model, usable, kind=kind, rank=rank, base_model=name, memory_input=memory_input
+            width = window or DEFAULT_WINDOW
+            untrained = CompressorConfig(
+                kind=kind,
+                ratios=untrained_ratios(width, ratios),
+                rank=rank,
+                memory_input=memory_input,
+                window=width,
             )
+            battery = ExpertBattery.create(model, config=untrained, base_model=name)
         battery.to(next(model.parameters()).device)
-        # Unset settings default to those the battery was trained under, then to the library defaults.
-        trained = battery.mechanism
+        # unset settings are those the battery was trained under (an untrained one: the library defaults)
         return CompressedLM(
             model,
             tokenizer,
             battery,
-            window=window or int(trained.get("window") or DEFAULT_WINDOW),
-            native_context=native_context or trained.get("native_context"),
-            pattern=pattern or trained.get("pattern") or "full-coverage",
-            sink=sink if sink is not None else int(trained.get("sink") or 0),
+            window=window,
+            native_context=native_context,
+            pattern=pattern,
+            sink=sink,
             name=name,
         )
 

@@ -326,7 +326,7 @@ def make_plan(cfg: ExtendConfig, out: Path, *, native_of_model: int | None = Non
     experts = replace(
         cfg.experts,
         model=replace(cfg.experts.model, name=cfg.model),
-        experts=replace(e, ratios=list(ratios), native_context=native),
+        experts=replace(e, ratios=tuple(ratios), native_context=native),
         data=replace(cfg.experts.data, sources=sources),
         loop=replace(cfg.experts.loop, output_dir=str(out / "train")),
     )

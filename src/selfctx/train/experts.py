@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from selfctx.compress.config import CompressorConfig, MemoryInput
 from selfctx.config import to_dict
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic
@@ -45,38 +46,17 @@ EXPERTS_DIR = "experts"
 
 
 @dataclass(frozen=True)
-class ExpertSettings:
-    """The battery to train and the window mechanism it is trained under (kept at inference)."""
+class ExpertSettings(CompressorConfig):
+    """The battery to train and the window mechanism it is trained under (the battery keeps it: inference
+    uses it unless told otherwise), with training's own defaults, plus how the experts follow each other."""
 
-    kind: Literal["lora", "mha_clone"] = "lora"
-    ratios: list[int] = field(default_factory=lambda: [4, 8])
-    rank: int = 8
-    alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    lora_on: Literal["memory", "all"] = "memory"
+    ratios: tuple[int, ...] = (4, 8)
     window: int = 256
-    native_context: int | None = None  # the window treated as native (None: the model's own)
-    pattern: Literal["full-coverage", "segmentation", "step-expansion"] = "full-coverage"
-    group_tokens: int = 8192  # raw + memory tokens per batched forward (several windows per forward)
-    sink: int = 1  # the input's first tokens kept raw at position 0 (never compressed)
-    memory_input: Literal["shared", "span_last"] = "span_last"  # see compress.engine.memory_inputs
+    sink: int = 1
+    memory_input: MemoryInput = "span_last"
     # a LoRA expert that starts training copies the expert trained just before it (list the ratios in the
     # order they should train: e.g. [8, 4, 16] trains x8 from scratch, x4 from x8, then x16 from x4)
     init_from_previous: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.ratios or min(self.ratios) < 2:
-            raise ValueError(f"experts.ratios must be integers >= 2, got {self.ratios}")
-        bad = [r for r in self.ratios if self.window % r]
-        if bad:
-            raise ValueError(f"experts.window {self.window} is not divisible by ratio {bad[0]}")
-        if self.sink < 0:
-            raise ValueError(f"experts.sink must be >= 0, got {self.sink}")
-        if self.native_context is not None and self.window >= self.native_context:
-            raise ValueError(
-                f"experts.window {self.window} must be smaller than experts.native_context "
-                f"{self.native_context}"
-            )
 
 
 @dataclass(frozen=True)
@@ -285,37 +265,10 @@ def build_compressed(cfg: ExpertsConfig, model: Any, tokenizer: Any) -> Any:
     from selfctx.compress.battery import ExpertBattery
     from selfctx.compress.model import CompressedLM
 
-    e = cfg.experts
     torch.manual_seed(cfg.loop.seed)
-    battery = ExpertBattery.create(
-        model,
-        tuple(e.ratios),
-        kind=e.kind,
-        rank=e.rank,
-        alpha=e.alpha,
-        targets=tuple(e.targets),
-        lora_on=e.lora_on,
-        base_model=cfg.model.name,
-        memory_input=e.memory_input,
-    )
+    battery = ExpertBattery.create(model, config=cfg.experts, base_model=cfg.model.name)
     battery.for_training(next(model.parameters()).device)
-    battery.mechanism = {
-        "window": e.window,
-        "native_context": e.native_context,
-        "pattern": e.pattern,
-        "sink": e.sink,
-    }
-    return CompressedLM(
-        model,
-        tokenizer,
-        battery,
-        window=e.window,
-        native_context=e.native_context,
-        pattern=e.pattern,
-        group_tokens=e.group_tokens,
-        sink=e.sink,
-        name=cfg.model.name,
-    )
+    return CompressedLM(model, tokenizer, battery, name=cfg.model.name)
 
 
 def training_length_limit(cfg: ExpertsConfig, compressed: Any, ratio: int) -> int:
