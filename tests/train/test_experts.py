@@ -299,3 +299,23 @@ def test_resuming_with_other_settings_is_refused_before_training(tmp_path: Path)
     out.rename(moved)
     again = run_experts(smoke_cfg(moved, "loop.max_steps=3", "experts.ratios=[2, 4]", "loop.save_every=1"))
     assert again.runs["r2"].resumed_from == 1 and again.experts_dir is not None
+
+
+def test_a_second_stage_starts_from_a_saved_battery_of_the_same_mechanism(tmp_path: Path) -> None:
+    first = run_experts(smoke_cfg(tmp_path / "one", "loop.max_steps=3", "experts.ratios=[2]"))
+    assert first.experts_dir is not None
+    still = ("loop.max_steps=1", "loop.optim.lr=1e-12", "loop.optim.warmup_steps=0")  # weights barely move
+    second = run_experts(
+        smoke_cfg(tmp_path / "two", *still, "experts.ratios=[2, 4]", f"experts.init_from={first.experts_dir}")
+    )
+    assert second.experts_dir is not None
+    before, after = expert_weights(first.experts_dir), expert_weights(second.experts_dir)
+    trained = [k for k in before if "lora_B" in k]
+    assert trained and any(before[k].abs().sum() > 0 for k in trained)  # the first stage learned something
+    for key in trained:  # x2 starts from the saved x2, x4 (not saved) from the x2 trained just before it
+        assert torch.allclose(after[key], before[key], atol=1e-6), key
+        assert torch.allclose(after[key.replace("expert-r2", "expert-r4")], before[key], atol=1e-6), key
+    with pytest.raises(SelfctxError, match=r"init_from .* was trained with window=32, this run has 64"):
+        run_experts(
+            smoke_cfg(tmp_path / "three", "experts.window=64", f"experts.init_from={first.experts_dir}")
+        )

@@ -263,6 +263,21 @@ class ExpertBattery(nn.Module):
         return battery
 
 
+def read_battery_config(folder: str | Path, name: str = "expert folder") -> CompressorConfig:
+    """What a saved battery is and was trained under, read without loading any weights."""
+    meta = read_battery_meta(folder, name)
+    first = Path(folder) / (
+        "mha-clone" if meta.get("kind") == "mha_clone" else f"expert-r{meta['ratios'][0]}"
+    )
+    adapter = json.loads(_files(first)[0].read_text()) if first.is_dir() else None
+    return CompressorConfig.from_battery_json(meta, adapter)
+
+
+def saved_expert_weights(folder: str | Path, ratio: int) -> dict[str, torch.Tensor]:
+    """One saved LoRA expert's weights as stored (the float32 master weights training wrote)."""
+    return load_file(str(_files(Path(folder) / f"expert-r{ratio}")[1]))
+
+
 def read_battery_meta(folder: str | Path, name: str = "expert folder") -> dict[str, Any]:
     """battery.json of an expert folder (kind, ratios, mechanism), read without loading any weights."""
     index = Path(folder) / "battery.json"

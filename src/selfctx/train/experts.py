@@ -57,6 +57,10 @@ class ExpertSettings(CompressorConfig):
     # a LoRA expert that starts training copies the expert trained just before it (list the ratios in the
     # order they should train: e.g. [8, 4, 16] trains x8 from scratch, x4 from x8, then x16 from x4)
     init_from_previous: bool = True
+    # a saved battery (OUTPUT/experts, or a --snapshot folder) trained under the same mechanism: each expert
+    # it holds starts from its weights (a second stage of training, on a schedule of its own); the others
+    # follow init_from_previous
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -295,11 +299,38 @@ def _all_runs(cfg: ExpertsConfig) -> list[tuple[str, list[int]]]:
 
 
 def _check_same_runs(cfg: ExpertsConfig) -> None:
-    """Every run folder of the plan that has trained was trained with `cfg`'s settings."""
+    """Every run folder of the plan that has trained was trained with `cfg`'s settings, and the battery
+    `experts.init_from` names (if any) was trained under the same mechanism."""
     # a LoRA expert's run does not depend on the battery's other ratios: more may be added to it later
     per_run = frozenset({"experts.ratios"}) if cfg.experts.kind == "lora" else frozenset()
     for name, _ in _all_runs(cfg):
         check_same_settings(Path(cfg.loop.output_dir) / name, cfg, per_run)
+    _init_ratios(cfg)
+
+
+# What a battery may differ in and still start another run's experts: which ratios it holds, and batching.
+_FREE_TO_DIFFER = ("ratios", "group_tokens")
+
+
+def _init_ratios(cfg: ExpertsConfig) -> tuple[int, ...]:
+    """The ratios `experts.init_from` can start (none without it); a battery trained under another
+    mechanism is refused before any model loads."""
+    folder = cfg.experts.init_from
+    if folder is None:
+        return ()
+    from selfctx.compress.battery import read_battery_config
+
+    if cfg.experts.kind != "lora":
+        raise SelfctxError("experts.init_from starts LoRA experts: unset it for the single compressor")
+    saved = read_battery_config(folder, "experts.init_from")
+    wanted = cfg.experts.compressor_only()
+    for key in CompressorConfig.__dataclass_fields__:
+        if key not in _FREE_TO_DIFFER and getattr(saved, key) != getattr(wanted, key):
+            raise SelfctxError(
+                f"experts.init_from {folder} was trained with {key}={getattr(saved, key)!r}, this run has "
+                f"{getattr(wanted, key)!r}: start from a battery trained under the same mechanism"
+            )
+    return tuple(r for r in saved.ratios if r in cfg.experts.ratios)
 
 
 def run_experts(
@@ -351,6 +382,7 @@ def run_experts(
         finished = True
         sitting = time.perf_counter()  # loop.time_limit_s bounds all experts of this command together
         previous: tuple[str, int] | None = None  # (run folder, ratio) of the expert trained just before
+        from_battery = _init_ratios(cfg)
         for name, ratios in run_plan(cfg, info):
             module.select(ratios[0])
             # samples no longer than the memory the router allows at this ratio (the clone: its largest)
@@ -370,7 +402,10 @@ def run_experts(
                     finished = False
                     break
                 loop = replace(loop, time_limit_s=max(left, 1e-9))
-            if previous and cfg.experts.init_from_previous and ckpt.latest(output / name) is None:
+            starting = ckpt.latest(output / name) is None
+            if starting and ratios[0] in from_battery:
+                _start_from_battery(module, str(cfg.experts.init_from), ratios[0])
+            elif starting and previous and cfg.experts.init_from_previous:
                 _start_from(module, output / previous[0], previous[1], ratios[0])
             objective = CompressionObjective(
                 ratios[0],
@@ -417,6 +452,14 @@ def _start_from(module: ExpertModule, run_dir: Path, source_ratio: int, ratio: i
     _load_run(module, run_dir)
     battery: Any = module.compressed.battery
     battery.adapter_for(ratio).load_state_dict(battery.adapter_for(source_ratio).state_dict())
+
+
+def _start_from_battery(module: ExpertModule, folder: str, ratio: int) -> None:
+    """Initialise the expert for `ratio` with the weights a saved battery's expert for `ratio` holds."""
+    from selfctx.compress.battery import saved_expert_weights
+
+    battery: Any = module.compressed.battery
+    battery.adapter_for(ratio).load_state_dict(saved_expert_weights(folder, ratio))
 
 
 def save_battery(cfg: ExpertsConfig, module: ExpertModule, output: Path) -> Path:
