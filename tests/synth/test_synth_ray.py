@@ -35,3 +35,23 @@ def test_ray_executor_matches_local(tmp_path: Path) -> None:
     assert remote["samples"] == local["samples"] == 3
     assert remote["dropped_by_filter"] == local["dropped_by_filter"]
     assert remote["backend"]["calls"] == local["backend"]["calls"]
+
+
+def test_ray_executor_reads_the_users_documents_as_the_local_run_does(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from test_from_docs import config, write_docs
+
+    from selfctx.synth.executors import run_synth_ray
+
+    docs = write_docs(tmp_path / "docs")
+    with serve_in_thread(scripted_llm(), model_name="scripted") as server:
+        cfg = config(docs, backend="openai", base_url=server.base_url, model="scripted", per_task=2)
+        local = run_synth(cfg, tmp_path / "local")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            remote = run_synth_ray(cfg, tmp_path / "ray")
+        finally:
+            ray.shutdown()
+    assert rows(tmp_path / "ray") == rows(tmp_path / "local") and len(rows(tmp_path / "local")) == 6
+    assert remote["documents"] == local["documents"] and remote["source"] == "documents"
+    assert remote["stages"]["tasks"] == local["stages"]["tasks"]

@@ -93,11 +93,7 @@ def command(
         cli.update({k: cli.get(k) for k in ("length", "bucket", "uniform")})  # one length option wins
     cfg = load_config(SynthConfig, config, set_ or [])
     cfg = load_config(SynthConfig, None, [], defaults={**_as_plain(cfg), **cli})
-    if cfg.from_docs:
-        from selfctx.synth.docs_run import run_from_docs
-
-        summary = run_from_docs(cfg, out, command=_command_line())
-    elif cfg.executor == "ray":
+    if cfg.executor == "ray":
         from selfctx.synth.executors import run_synth_ray
 
         summary = run_synth_ray(cfg, out, command=_command_line())

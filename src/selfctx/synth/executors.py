@@ -1,8 +1,9 @@
 """`--executor ray`: the same stages as the local run, as Ray tasks (a local Ray, or the cluster RAY_ADDRESS
-names). The pool stage is one task (its shards depend on each other: growth stops at the token target and
-duplicates are judged across shards); each task's sample shard is one task, all running in parallel. Each
-worker opens its own backend on the run's shared call cache, so a rerun resumes the same way and the output
-equals a local run's (every item's outcome depends only on its seed)."""
+names), for either source. The pool stage is one task (its shards depend on each other: growth stops at the
+token target and duplicates are judged across shards); the documents are read by the driver. Each task's
+sample shard is one Ray task, all running in parallel. Each worker opens its own backend on the run's shared
+call cache, so a rerun resumes the same way and the output equals a local run's (every item's outcome depends
+only on its seed)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from selfctx.synth.corpus import PoolReport
-from selfctx.synth.filters import FilterCounts
-from selfctx.synth.pipeline import SynthConfig, build_summary, pool_stage, run_tasks, write_dataset
+from selfctx.synth.pipeline import (
+    SynthConfig,
+    build_summary,
+    open_source,
+    pool_stage,
+    resolve_tasks,
+    run_tasks,
+    write_dataset,
+)
 from selfctx.synth.run_support import Throughput, make_counter, open_llm
 
 
@@ -28,11 +35,12 @@ def _pool_job(cfg: SynthConfig, out: str) -> dict[str, Any]:
 
 def _task_job(cfg: SynthConfig, out: str, task: str) -> dict[str, Any]:
     one = replace(cfg, tasks=(task,))
-    counter = make_counter(one)
-    pool, _ = pool_stage(one, Path(out), None, counter, Throughput())  # load the finished pool
     llm, throughput = open_llm(one, Path(out)), Throughput()
     try:
-        summaries = run_tasks(llm, one, Path(out), pool, counter, throughput)
+        source = open_source(
+            one, Path(out), make_counter(one), llm.model_id
+        )  # the finished pool, or the docs
+        summaries = run_tasks(llm, one, Path(out), source, throughput)
         return {"summary": summaries[task], **_worker_result(llm, throughput)}
     finally:
         llm.close()
@@ -52,41 +60,39 @@ def run_synth_ray(
     """Run the pipeline with Ray tasks; same outputs and summary as `run_synth`."""
     import ray
 
+    cfg = resolve_tasks(cfg)
     cfg.validate()
+    counter = make_counter(cfg)
+    documents = None
+    if cfg.from_docs:
+        from selfctx.synth.docs_run import check_docs
+
+        documents = check_docs(cfg, counter)  # bad documents fail before any worker starts
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    pool_job = ray.remote(_pool_job)
+    grown = None if cfg.from_docs else ray.get(ray.remote(_pool_job).remote(cfg, str(out)))
     task_job = ray.remote(_task_job)
-    pool_result = ray.get(pool_job.remote(cfg, str(out)))
     task_results = ray.get([task_job.remote(cfg, str(out), t) for t in cfg.tasks])
     gen_seconds = time.perf_counter() - started
 
-    results = [pool_result, *task_results]
     stats: dict[str, Any] = {}
     throughput = Throughput()
-    for result in results:
+    for result in [*([grown] if grown else []), *task_results]:
         for key, value in result["stats"].items():
             stats[key] = stats.get(key, 0) + value
         tokens, calls, cached = result["throughput"]
         throughput.tokens += tokens
         throughput.calls += calls
         throughput.cached += cached
-    report_json = pool_result["report"]
-    report = PoolReport(
-        passages=report_json["passages"],
-        tokens=report_json["tokens"],
-        shards_reused=report_json["shards_reused"],
-        shards_written=report_json["shards_written"],
-        attempted=report_json["attempted"],
-        dropped=FilterCounts(report_json["dropped"]),
-    )
+    model = task_results[0]["model"]
+    source = open_source(cfg, out, counter, model, documents=documents)
+    # the pool as the job that grew it reported it (shards written this run), not as loaded afterwards
+    part = {"stages": {"pool": grown["report"]}} if grown else source.describe()
     summaries = {t: r["summary"] for t, r in zip(cfg.tasks, task_results, strict=True)}
-    summary = build_summary(
-        cfg, out, pool_result["model"], stats, report, summaries, throughput, started, gen_seconds
-    )
+    summary = build_summary(cfg, out, model, stats, part, summaries, throughput, started, gen_seconds)
     summary["executor"] = "ray"
-    write_dataset(out, cfg, summary, command)
+    write_dataset(out, cfg, summary, command, source.card(summary))
     return summary

@@ -21,9 +21,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 from selfctx.checks import Executor
 from selfctx.errors import SelfctxError
@@ -124,6 +124,31 @@ def min_pool_tokens(spec: LengthSpec) -> int:
     return int(spec.hi * 1.15) + 256
 
 
+class Source(Protocol):
+    """Where a run's samples come from: the model's passage pool (`PoolSource`) or the user's documents
+    (`synth.docs_run.DocsSource`). The task stage, its resume, the summary and the dataset are shared."""
+
+    label: str  # the progress bar's unit of work
+
+    def builder(self, task: str, index: int) -> BuildGen | None:
+        """Item `index` of `task` (its outcome depends only on seed, task and index); None: no item fits."""
+        ...
+
+    def dedup_key(self, draft: Any) -> str: ...
+
+    def place(self, task: str, index: int, draft: Any) -> dict[str, Any]:
+        """The kept draft as a dataset row at its target length."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Summary keys of its own (merged into summary.json)."""
+        ...
+
+    def card(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Dataset card lines of its own."""
+        ...
+
+
 @dataclass
 class TaskRun:
     """Book-keeping for one task: which item indices are launched, kept, dropped (and at which step)."""
@@ -133,7 +158,7 @@ class TaskRun:
     max_items: int
     launched: int = 0
     in_flight: int = 0
-    drafts: dict[int, SampleDraft] = field(default_factory=dict)
+    drafts: dict[int, Any] = field(default_factory=dict)
     dropped: FilterCounts = field(default_factory=FilterCounts)
     duplicates: set[int] = field(default_factory=set)
     drop_details: Counter[str] = field(default_factory=Counter)  # "reason (step)" -> items
@@ -160,17 +185,26 @@ class TaskRun:
         detail = drop.detail if len(drop.detail) <= 60 else drop.detail[:57] + "..."
         self.drop_details[f"{drop.reason} ({detail})" if detail else drop.reason] += 1
 
-
-def draft_key(draft: SampleDraft) -> str:
-    return normalized_hash("\n".join([*(p.text for p in draft.relevant), draft.question, draft.answer]))
+    def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        kinds = _count(r["extra"]["question_kind"] for r in rows if r["extra"].get("question_kind"))
+        return {
+            "kept": len(rows),
+            "wanted": self.wanted,
+            "attempted": self.launched,
+            "retries": self.retries,
+            "dropped": self.dropped.as_dict(),
+            "drop_details": dict(self.drop_details.most_common()),
+            "buckets": _count(r["bucket"] for r in rows),
+            "token_counts": [r["token_count"] for r in rows],
+            **({"question_kinds": kinds} if kinds else {}),
+        }
 
 
 def build_drafts(
     llm: LLM,
     tasks: Sequence[str],
     cfg: SynthConfig,
-    pool: Sequence[Passage],
-    counter: Any,
+    source: Source,
     *,
     on_batch: Any = None,
     progress: Any = None,
@@ -185,15 +219,18 @@ def build_drafts(
 
     def next_builder() -> tuple[tuple[str, int], BuildGen] | None:
         for run in runs.values():
-            if run.needs_more():
+            while run.needs_more():
                 i = run.launched
                 run.launched += 1
+                builder = source.builder(run.name, i)
+                if builder is None:
+                    run.count_drop(Dropped("too_short"))  # no item of this target length fits
+                    continue
                 run.in_flight += 1
-                ctx = TaskContext(run.name, i, derive_seed(cfg.seed, run.name, i), pool, counter, cfg.gen)
-                return (run.name, i), TASKS[run.name](ctx)
+                return (run.name, i), builder
         return None
 
-    def on_done(key: Any, outcome: SampleDraft | Dropped) -> None:
+    def on_done(key: Any, outcome: Any) -> None:
         name, i = key
         run = runs[name]
         run.in_flight -= 1
@@ -211,7 +248,7 @@ def build_drafts(
         for run in runs.values():
             seen: set[str] = set()
             for i in sorted(run.drafts):
-                key = draft_key(run.drafts[i])
+                key = source.dedup_key(run.drafts[i])
                 if key in seen and i not in run.duplicates:
                     run.duplicates.add(i)
                     run.count_drop(Dropped("duplicate"))
@@ -221,65 +258,120 @@ def build_drafts(
             return runs
 
 
-def assemble_task(
-    run: TaskRun, cfg: SynthConfig, pool: Sequence[Passage], counter: Any, model_name: str
-) -> list[dict[str, Any]]:
-    from selfctx.synth.assemble import assemble_sample
+def draft_key(draft: SampleDraft) -> str:
+    return normalized_hash("\n".join([*(p.text for p in draft.relevant), draft.question, draft.answer]))
 
-    spec = cfg.length_spec()
-    rows = []
-    for i in run.kept()[: cfg.per_task]:
-        rng = derive_rng(cfg.seed, run.name, i, "assemble")
+
+class PoolSource:
+    """The model's own passages: the six task builders, their drafts assembled among distractor passages."""
+
+    label = "task drafts"
+
+    def __init__(
+        self, cfg: SynthConfig, pool: Sequence[Passage], report: PoolReport, counter: Any, model: str
+    ) -> None:
+        self.cfg, self.pool, self.report, self.counter, self.model = cfg, pool, report, counter, model
+
+    def builder(self, task: str, index: int) -> BuildGen:
+        seed = derive_seed(self.cfg.seed, task, index)
+        return TASKS[task](TaskContext(task, index, seed, self.pool, self.counter, self.cfg.gen))
+
+    def dedup_key(self, draft: SampleDraft) -> str:
+        return draft_key(draft)
+
+    def place(self, task: str, index: int, draft: SampleDraft) -> dict[str, Any]:
+        from selfctx.synth.assemble import assemble_sample
+
+        spec = self.cfg.length_spec()
+        rng = derive_rng(self.cfg.seed, task, index, "assemble")
         target = spec.sample_target(rng)
         sample = assemble_sample(
-            run.drafts[i],
-            pool,
+            draft,
+            self.pool,
             target,
-            counter,
+            self.counter,
             rng,
-            depths=cfg.depths,
-            allow_repeat=cfg.allow_repeat,
-            model=model_name,
-            seed=derive_seed(cfg.seed, run.name, i),
+            depths=self.cfg.depths,
+            allow_repeat=self.cfg.allow_repeat,
+            model=self.model,
+            seed=derive_seed(self.cfg.seed, task, index),
             bucket=spec.bucket_for(target),
         )
-        row = sample.to_json()
-        row["extra"] = {**row["extra"], "item_index": i}
-        rows.append(row)
-    return rows
+        return sample.to_json()
+
+    def describe(self) -> dict[str, Any]:
+        return {"stages": {"pool": self.report.to_json()}}
+
+    def card(self, summary: dict[str, Any]) -> dict[str, Any]:
+        pool = summary["stages"]["pool"]
+        return {"pool_passages": pool["passages"], "pool_tokens": pool["tokens"]}
+
+
+def open_source(
+    cfg: SynthConfig,
+    out: Path,
+    counter: Any,
+    model: str,
+    *,
+    grow: LLM | None = None,
+    on_batch: Any = None,
+    documents: Any = None,
+) -> Source:
+    """The run's source, ready, for samples written by `model`: the pool loaded (grown first through `grow`
+    when given), or the documents (read now unless already given) checked against the ones this output was
+    started with."""
+    if cfg.from_docs:
+        from selfctx.synth.docs_run import open_docs
+
+        return open_docs(cfg, out, counter, model, documents)
+    pool, report = pool_stage(cfg, out, grow, counter, on_batch or Throughput())
+    return PoolSource(cfg, pool, report, counter, model)
 
 
 def run_synth(
     cfg: SynthConfig, out_dir: str | Path, llm: LLM | None = None, *, command: str | None = None
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline into `out_dir`; returns the run summary (also in summary.json)."""
-    if cfg.from_docs:
-        from selfctx.synth.docs_run import run_from_docs
-
-        return run_from_docs(cfg, out_dir, llm, command=command)
+    cfg = resolve_tasks(cfg)
     cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cfg.length_spec()  # bad length options fail before any work
     counter = make_counter(cfg)
+    documents = None
+    if cfg.from_docs:
+        from selfctx.synth.docs_run import check_docs
+
+        documents = check_docs(cfg, counter)  # bad documents fail before any model load or file is written
+    out.mkdir(parents=True, exist_ok=True)
     own_llm = llm is None
     if llm is None:
         llm = open_llm(cfg, out)
     throughput = Throughput()
     try:
-        pool, pool_report = pool_stage(cfg, out, llm, counter, throughput)
-        task_summaries = run_tasks(llm, cfg, out, pool, counter, throughput)
+        source = open_source(
+            cfg, out, counter, llm.model_id, grow=llm, on_batch=throughput, documents=documents
+        )
+        task_summaries = run_tasks(llm, cfg, out, source, throughput)
         gen_seconds = time.perf_counter() - started
         summary = build_summary(
-            cfg, out, llm.model_id, llm.stats.to_json(), pool_report, task_summaries, throughput, started,
-            gen_seconds,
+            cfg, out, llm.model_id, llm.stats.to_json(), source.describe(), task_summaries, throughput,
+            started, gen_seconds,
         )  # fmt: skip
-        write_dataset(out, cfg, summary, command)
+        write_dataset(out, cfg, summary, command, source.card(summary))
     finally:
         if own_llm:
             llm.close()
     return summary
+
+
+def resolve_tasks(cfg: SynthConfig) -> SynthConfig:
+    """With --from-docs the six-task default means the documents' own tasks."""
+    from selfctx.synth.docs import DOCS_TASKS
+
+    if cfg.from_docs and tuple(cfg.tasks) == tuple(TASKS):
+        return replace(cfg, tasks=DOCS_TASKS)
+    return cfg
 
 
 def pool_stage(
@@ -310,28 +402,24 @@ def _pool_model(pool_dir: Path) -> str:
 
 
 def run_tasks(
-    llm: LLM, cfg: SynthConfig, out: Path, pool: Sequence[Passage], counter: Any, throughput: Throughput
+    llm: LLM, cfg: SynthConfig, out: Path, source: Source, throughput: Throughput
 ) -> dict[str, dict[str, Any]]:
+    """Draft, place and write every task not yet done (its rows, then its done-marker)."""
     state_dir = out / "state"
     state_dir.mkdir(exist_ok=True)
     summaries, todo = finished_tasks(state_dir, cfg.tasks)
     if todo:
-        with progress_bar(desc="task drafts", total=cfg.per_task * len(todo), unit="draft") as bar:
-            runs = build_drafts(llm, todo, cfg, pool, counter, on_batch=throughput, progress=bar)
+        with progress_bar(desc=source.label, total=cfg.per_task * len(todo), unit="draft") as bar:
+            runs = build_drafts(llm, todo, cfg, source, on_batch=throughput, progress=bar)
         for task in todo:
             run = runs[task]
-            rows = assemble_task(run, cfg, pool, counter, llm.model_id)
+            rows = []
+            for i in run.kept()[: cfg.per_task]:
+                row = source.place(task, i, run.drafts[i])
+                row["extra"] = {**row["extra"], "item_index": i}
+                rows.append(row)
             write_jsonl_atomic(state_dir / f"{task}.samples.jsonl", rows)
-            summaries[task] = {
-                "kept": len(rows),
-                "wanted": cfg.per_task,
-                "attempted": run.launched,
-                "retries": run.retries,
-                "dropped": run.dropped.as_dict(),
-                "drop_details": dict(run.drop_details.most_common()),
-                "buckets": _count(r["bucket"] for r in rows),
-                "token_counts": [r["token_count"] for r in rows],
-            }
+            summaries[task] = run.summary(rows)
             write_json_atomic(state_dir / f"{task}.json", summaries[task])  # the done-marker, after the data
     return summaries
 
@@ -354,22 +442,26 @@ def build_summary(
     out: Path,
     model_id: str,
     backend_stats: dict[str, Any],
-    pool_report: PoolReport,
+    source_part: dict[str, Any],
     tasks: dict[str, dict[str, Any]],
     throughput: Throughput,
     started: float,
     gen_seconds: float,
 ) -> dict[str, Any]:
-    dropped = FilterCounts()
-    dropped.update(pool_report.dropped)
+    """summary.json: the source's own keys, the tasks, the filters' drops and throughput (written)."""
+    dropped = FilterCounts()  # the pool stage's drops (a source's own stage) count with the tasks'
+    for stage in source_part.get("stages", {}).values():
+        dropped.update(stage.get("dropped", {}))
     for t in tasks.values():
         dropped.update(t["dropped"])
     wall = time.perf_counter() - started
+    own = {k: v for k, v in source_part.items() if k != "stages"}
     summary = {
         "model": model_id,
         "seed": cfg.seed,
         "length": cfg.length_spec().describe(),
-        "stages": {"pool": pool_report.to_json(), "tasks": tasks},
+        **own,
+        "stages": {**source_part.get("stages", {}), "tasks": tasks},
         "samples": sum(t["kept"] for t in tasks.values()),
         "shortfalls": shortfalls(tasks, out),
         "dropped_by_filter": dropped.as_dict(),
@@ -385,7 +477,9 @@ def build_summary(
     return summary
 
 
-def write_dataset(out: Path, cfg: SynthConfig, summary: dict[str, Any], command: str | None) -> None:
+def write_dataset(
+    out: Path, cfg: SynthConfig, summary: dict[str, Any], command: str | None, source_card: dict[str, Any]
+) -> None:
     """Task shards (task order, then item order) -> data/train-*.jsonl, card, histogram, manifest."""
     from selfctx.config import to_dict
     from selfctx.synth.writer import DatasetWriter
@@ -400,8 +494,7 @@ def write_dataset(out: Path, cfg: SynthConfig, summary: dict[str, Any], command:
         "filters": summary["dropped_by_filter"],
         "backend_stats": summary["backend"],
         **{k: summary[k] for k in ("length", "samples", "generated_tokens_per_s", "wall_seconds")},
-        "pool_passages": summary["stages"]["pool"]["passages"],
-        "pool_tokens": summary["stages"]["pool"]["tokens"],
+        **source_card,
     }
     if summary["shortfalls"]:
         card["shortfalls"] = "; ".join(summary["shortfalls"].values())
