@@ -33,13 +33,13 @@ from selfctx.compress.config import CompressorConfig, MemoryInput
 from selfctx.config import to_dict
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic
-from selfctx.tiny import TINY
 from selfctx.train import checkpoint as ckpt
 from selfctx.train.config import DataConfig, DataSource, LoopConfig, ModelSettings
 from selfctx.train.data import MixBatches, build_mix
-from selfctx.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
+from selfctx.train.distributed import DistInfo, barrier, resolve_device
 from selfctx.train.examples import IGNORE_INDEX
 from selfctx.train.loop import Trainer, TrainResult, check_before_loading, check_same_settings
+from selfctx.train.session import Session, load_model, open_session
 
 TINY_INIT = 0.2
 EXPERTS_DIR = "experts"
@@ -244,21 +244,8 @@ def rebase_sources(sources: Sequence[DataSource], synth: str | Path, pool: str |
 def load_base(
     settings: ModelSettings, seed: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, Any]:
-    """The frozen base model and its tokenizer (`tiny`: a random tiny Llama with a byte tokenizer)."""
-    if settings.name == TINY:
-        from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
-
-        # A wider init than transformers' 0.02: with tied 0.02-scale embeddings a random tiny model's logits
-        # are nearly flat whatever its hidden states, which would leave the experts nothing to learn.
-        model = tiny_llama(
-            seed=seed, dtype=dtype, vocab_size=TINY_TOKENIZER_VOCAB, initializer_range=TINY_INIT
-        )
-        return model.to(device), tiny_tokenizer()  # type: ignore[arg-type]
-    from selfctx.models import load_causal_lm
-
-    return load_causal_lm(
-        settings.name, dtype=dtype, device=str(device), attn_implementation=settings.attn_implementation
-    )
+    """The frozen base model and its tokenizer (`tiny`: with a wider init, see TINY_INIT)."""
+    return load_model(settings, seed, device, dtype, tiny_init=TINY_INIT)
 
 
 def build_compressed(cfg: ExpertsConfig, model: Any, tokenizer: Any) -> Any:
@@ -342,98 +329,92 @@ def run_experts(
 
     `stop_after` stops each expert's loop after that step (tests use it to simulate a kill).
     """
-    from selfctx.models import resolve_dtype
-
     check_before_loading(cfg.model.name, cfg.loop, cfg.data)
     _check_same_runs(cfg)
-    info = init_distributed(cfg.loop.device)
-    try:
-        device = resolve_device(cfg.loop.device, info)
-        dtype = resolve_dtype(cfg.loop.dtype, device.type)
-        model, tokenizer = load_base(cfg.model, cfg.loop.seed, device, dtype)
-        output = Path(cfg.loop.output_dir)
-        if cfg.model.name == TINY and info.is_main:  # an in-memory base: keep it so the experts can be loaded
-            model.save_pretrained(str(output / "base"))
-            tokenizer.save_pretrained(str(output / "base"))
-        compressed = build_compressed(cfg, model, tokenizer)
-        module = ExpertModule(compressed)
-        teacher = None
-        if cfg.objective.kind != "lm":
-            from selfctx.train.teacher import Teacher
+    with open_session(cfg.model, cfg.loop, tiny_init=TINY_INIT) as session:
+        return _train_plan(cfg, session, stop_after, on_step)
 
-            teacher = Teacher(
-                model,
-                f"{cfg.model.name}|{type(tokenizer).__name__}|{len(tokenizer)}|{dtype}",
-                cfg.objective.top_k,
-                output / "teacher-cache" if cfg.objective.teacher_cache else None,
-            )
-        longest = {r: training_length_limit(cfg, compressed, r) for r in cfg.experts.ratios}
-        mixes: dict[int, Any] = {}
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            raise SelfctxError("the tokenizer has neither a pad nor an eos token: pick another model")
-        per_rank = cfg.parallel == "expert_per_rank"
-        loop_info = DistInfo() if per_rank else info
-        if per_rank and info.enabled and cfg.experts.kind == "mha_clone":
-            raise SelfctxError(
-                "parallel=expert_per_rank needs LoRA experts (the clone is one model): use data"
-            )
-        runs: dict[str, TrainResult] = {}
-        finished = True
-        sitting = time.perf_counter()  # loop.time_limit_s bounds all experts of this command together
-        previous: tuple[str, int] | None = None  # (run folder, ratio) of the expert trained just before
-        from_battery = _init_ratios(cfg)
-        for name, ratios in run_plan(cfg, info):
-            module.select(ratios[0])
-            # samples no longer than the memory the router allows at this ratio (the clone: its largest)
-            limit = min(cfg.data.max_tokens, max(longest[r] for r in ratios))
-            if limit not in mixes:
-                data = replace(cfg.data, max_tokens=limit, min_tokens=min(cfg.data.min_tokens, limit))
-                mixes[limit] = build_mix(data, tokenizer, cfg.loop.seed)
-            batches: Any = MixBatches(
-                mixes[limit], cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, int(pad_id)
-            )
-            if len(ratios) > 1:
-                batches = RatioMixBatches(batches, ratios, cfg.loop.seed, longest)
-            loop = replace(cfg.loop, output_dir=str(output / name))
-            if cfg.loop.time_limit_s is not None:
-                left = cfg.loop.time_limit_s - (time.perf_counter() - sitting)
-                if left <= 0 and runs:  # time is up before this expert (the first one always takes a step)
-                    finished = False
-                    break
-                loop = replace(loop, time_limit_s=max(left, 1e-9))
-            starting = ckpt.latest(output / name) is None
-            if starting and ratios[0] in from_battery:
-                _start_from_battery(module, str(cfg.experts.init_from), ratios[0])
-            elif starting and previous and cfg.experts.init_from_previous:
-                _start_from(module, output / previous[0], previous[1], ratios[0])
-            objective = CompressionObjective(
-                ratios[0],
-                cfg.loop.gradient_checkpointing,
-                cfg.objective,
-                teacher,
-                (compressed.sink, compressed.window),
-            )
-            trainer = Trainer(
-                loop, module, objective, batches, dist_info=loop_info, run_config=cfg, on_step=on_step
-            )
-            result = trainer.train(stop_after=stop_after)
-            runs[name] = result
-            previous = (name, ratios[0]) if cfg.experts.kind == "lora" else None
-            finished = finished and result.step >= cfg.loop.max_steps
-            if not finished:
+
+def _train_plan(
+    cfg: ExpertsConfig,
+    session: Session,
+    stop_after: int | None,
+    on_step: Callable[[int, float], None] | None,
+) -> ExpertsResult:
+    """Every expert of the plan, one after the other (resuming), then the battery on rank 0."""
+    info, model, tokenizer, output = session.info, session.model, session.tokenizer, session.output
+    compressed = build_compressed(cfg, model, tokenizer)
+    module = ExpertModule(compressed)
+    teacher = None
+    if cfg.objective.kind != "lm":
+        from selfctx.train.teacher import Teacher
+
+        teacher = Teacher(
+            model,
+            f"{cfg.model.name}|{type(tokenizer).__name__}|{len(tokenizer)}|{session.dtype}",
+            cfg.objective.top_k,
+            output / "teacher-cache" if cfg.objective.teacher_cache else None,
+        )
+    longest = {r: training_length_limit(cfg, compressed, r) for r in cfg.experts.ratios}
+    mixes: dict[int, Any] = {}
+    per_rank = cfg.parallel == "expert_per_rank"
+    loop_info = DistInfo() if per_rank else info
+    if per_rank and info.enabled and cfg.experts.kind == "mha_clone":
+        raise SelfctxError("parallel=expert_per_rank needs LoRA experts (the clone is one model): use data")
+    runs: dict[str, TrainResult] = {}
+    finished = True
+    sitting = time.perf_counter()  # loop.time_limit_s bounds all experts of this command together
+    previous: tuple[str, int] | None = None  # (run folder, ratio) of the expert trained just before
+    from_battery = _init_ratios(cfg)
+    for name, ratios in run_plan(cfg, info):
+        module.select(ratios[0])
+        # samples no longer than the memory the router allows at this ratio (the clone: its largest)
+        limit = min(cfg.data.max_tokens, max(longest[r] for r in ratios))
+        if limit not in mixes:
+            data = replace(cfg.data, max_tokens=limit, min_tokens=min(cfg.data.min_tokens, limit))
+            mixes[limit] = build_mix(data, tokenizer, cfg.loop.seed)
+        batches: Any = MixBatches(
+            mixes[limit], cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, session.pad_id
+        )
+        if len(ratios) > 1:
+            batches = RatioMixBatches(batches, ratios, cfg.loop.seed, longest)
+        loop = replace(cfg.loop, output_dir=str(output / name))
+        if cfg.loop.time_limit_s is not None:
+            left = cfg.loop.time_limit_s - (time.perf_counter() - sitting)
+            if left <= 0 and runs:  # time is up before this expert (the first one always takes a step)
+                finished = False
                 break
-        compressed.eval()
-        module.select(cfg.experts.ratios[0])
-        compressed.battery.requires_grad_(False)
-        experts_dir: Path | None = None
-        barrier(info)
-        if finished and info.is_main:
-            experts_dir = save_battery(cfg, module, output)
-        barrier(info)
-        return ExpertsResult(runs, compressed, experts_dir if finished else None)
-    finally:
-        cleanup(info)
+            loop = replace(loop, time_limit_s=max(left, 1e-9))
+        starting = ckpt.latest(output / name) is None
+        if starting and ratios[0] in from_battery:
+            _start_from_battery(module, str(cfg.experts.init_from), ratios[0])
+        elif starting and previous and cfg.experts.init_from_previous:
+            _start_from(module, output / previous[0], previous[1], ratios[0])
+        objective = CompressionObjective(
+            ratios[0],
+            cfg.loop.gradient_checkpointing,
+            cfg.objective,
+            teacher,
+            (compressed.sink, compressed.window),
+        )
+        trainer = Trainer(
+            loop, module, objective, batches, dist_info=loop_info, run_config=cfg, on_step=on_step
+        )
+        result = trainer.train(stop_after=stop_after)
+        runs[name] = result
+        previous = (name, ratios[0]) if cfg.experts.kind == "lora" else None
+        finished = finished and result.step >= cfg.loop.max_steps
+        if not finished:
+            break
+    compressed.eval()
+    module.select(cfg.experts.ratios[0])
+    compressed.battery.requires_grad_(False)
+    experts_dir: Path | None = None
+    barrier(info)
+    if finished and info.is_main:
+        experts_dir = save_battery(cfg, module, output)
+    barrier(info)
+    return ExpertsResult(runs, compressed, experts_dir if finished else None)
 
 
 def _load_run(module: ExpertModule, run_dir: Path) -> None:
@@ -491,7 +472,6 @@ def snapshot_battery(cfg: ExpertsConfig, target: Path) -> dict[str, int]:
     without a checkpoint stay untrained. Returns the step of each run folder (0: untrained)."""
     from selfctx.checks import check_out_folder
     from selfctx.models import resolve_dtype
-    from selfctx.train.distributed import resolve_device
 
     check_before_loading(cfg.model.name, cfg.loop)
     _check_same_runs(cfg)

@@ -17,38 +17,15 @@ import torch
 from torch import nn
 
 from selfctx.config import to_dict
-from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic, write_text_atomic
 from selfctx.tiny import TINY
 from selfctx.train.config import FinetuneConfig
 from selfctx.train.data import MixBatches, build_mix
-from selfctx.train.distributed import barrier, cleanup, init_distributed, resolve_device
+from selfctx.train.distributed import barrier
 from selfctx.train.loop import Trainer, TrainResult, check_before_loading, check_same_settings
 from selfctx.train.objective import CausalLMObjective
 from selfctx.train.rope import apply_rope_scaling
-
-
-def load_base(cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
-    """The base model (with the configured RoPE scaling) and its tokenizer."""
-    if cfg.model.name == TINY:
-        from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
-
-        model: nn.Module = tiny_llama(
-            seed=cfg.loop.seed,
-            dtype=dtype,
-            vocab_size=TINY_TOKENIZER_VOCAB,
-            attn_implementation=cfg.model.attn_implementation,
-        )
-        tokenizer = tiny_tokenizer()
-        model.to(device)
-    else:
-        from selfctx.models import load_causal_lm
-
-        model, tokenizer = load_causal_lm(
-            cfg.model.name, dtype=dtype, device=str(device), attn_implementation=cfg.model.attn_implementation
-        )
-    apply_rope_scaling(model, cfg.rope)
-    return model, tokenizer
+from selfctx.train.session import open_session
 
 
 def prepare_trainable(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
@@ -146,33 +123,20 @@ def run_finetune(
     on_step: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
     """Train (resuming from the latest checkpoint in cfg.loop.output_dir) and save OUTPUT/final on rank 0."""
-    from selfctx.models import resolve_dtype
-
     check_before_loading(cfg.model.name, cfg.loop, cfg.data)
     check_same_settings(Path(cfg.loop.output_dir), cfg)
-    info = init_distributed(cfg.loop.device)
-    try:
-        device = resolve_device(cfg.loop.device, info)
-        dtype = resolve_dtype(cfg.loop.dtype, device.type)
-        base, tokenizer = load_base(cfg, device, dtype)
-        if cfg.model.name == TINY and info.is_main:  # an in-memory base: keep it so the adapter can be loaded
-            base.save_pretrained(str(Path(cfg.loop.output_dir) / "base"))  # type: ignore[operator]
-        model = prepare_trainable(base, cfg)
-        mix = build_mix(cfg.data, tokenizer, cfg.loop.seed)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            raise SelfctxError("the tokenizer has neither a pad nor an eos token: pick another model")
-        batches = MixBatches(mix, cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, int(pad_id))
+    with open_session(cfg.model, cfg.loop, prepare=lambda base: apply_rope_scaling(base, cfg.rope)) as s:
+        model = prepare_trainable(s.model, cfg)
+        mix = build_mix(cfg.data, s.tokenizer, cfg.loop.seed)
+        batches = MixBatches(mix, cfg.loop.micro_batch_size, cfg.loop.grad_accum_steps, s.pad_id)
         trainer = Trainer(
-            cfg.loop, model, CausalLMObjective(), batches, dist_info=info, run_config=cfg, on_step=on_step
+            cfg.loop, model, CausalLMObjective(), batches, dist_info=s.info, run_config=cfg, on_step=on_step
         )
         result = trainer.train(stop_after=stop_after)
         final: Path | None = None
         model.eval()
-        if result.step >= cfg.loop.max_steps and info.is_main:
-            final = save_final(model, tokenizer, cfg, Path(cfg.loop.output_dir))
+        if result.step >= cfg.loop.max_steps and s.info.is_main:
+            final = save_final(model, s.tokenizer, cfg, s.output)
             write_json_atomic(final / "selfctx_train.json", to_dict(cfg))
-        barrier(info)
-        return FinetuneResult(result, model, tokenizer, final)
-    finally:
-        cleanup(info)
+        barrier(s.info)
+        return FinetuneResult(result, model, s.tokenizer, final)
