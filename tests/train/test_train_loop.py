@@ -58,6 +58,17 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path: Path, synth_dir: 
     assert [row["step"] for row in log] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_start_killed_before_its_first_checkpoint_leaves_no_row_behind(
+    tmp_path: Path, synth_dir: Path
+) -> None:
+    cfg = tiny_cfg(tmp_path / "c", synth_dir, "loop.save_every=3")
+    run_finetune(cfg, stop_after=1)  # step 1 logged, no checkpoint yet: a kill at this point
+    assert not (tmp_path / "c" / "checkpoints" / "latest.json").exists()
+    run_finetune(cfg)
+    log = [json.loads(line) for line in (tmp_path / "c" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4, 5, 6]  # step 1 once, from the run that went on
+
+
 def test_a_time_limit_checkpoints_the_step_it_stops_at_and_the_rerun_continues_exactly(
     tmp_path: Path, synth_dir: Path
 ) -> None:

@@ -222,6 +222,7 @@ class Trainer:
     def _resume(self) -> dict[str, Any] | None:
         path = ckpt.latest(self.output_dir)
         if path is None:
+            self._trim_log(0)  # rows of a start that never reached a checkpoint are redone
             return None
         state = ckpt.load(path, self.dist.rank, self.params, self.optimizer, self.scheduler)
         if state["samples_per_step"] != self.batches.samples_per_step(self.dist.world):
@@ -230,12 +231,19 @@ class Trainer:
                 f"{self.batches.samples_per_step(self.dist.world)}: keep the batch geometry or use a new "
                 "output_dir"
             )
-        if self.dist.is_main:  # drop log rows of steps the checkpoint does not contain (they will be redone)
-            log = self.output_dir / LOG_FILE
-            if log.is_file():
-                rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-                write_jsonl_atomic(log, [r for r in rows if r["step"] <= state["step"]])
+        self._trim_log(int(state["step"]))
         return state
+
+    def _trim_log(self, last_step: int) -> None:
+        """Keep one log row per step up to `last_step` (the latest written of each): the steps after the
+        checkpoint will be redone, and a step redone after an earlier kill must not count twice."""
+        log = self.output_dir / LOG_FILE
+        if not self.dist.is_main or not log.is_file():
+            return
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        latest = {r["step"]: r for r in rows if r["step"] <= last_step}
+        if len(latest) != len(rows):
+            write_jsonl_atomic(log, [latest[step] for step in sorted(latest)])
 
     # ---------------------------------------------------------------------------------------------- steps
 
