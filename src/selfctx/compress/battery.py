@@ -98,9 +98,8 @@ class ExpertBattery(nn.Module):
     ) -> ExpertBattery:
         """Untrained adapters for `model` (LoRA B = 0: each expert starts as the base weights), as `config`
         says (default: `CompressorConfig()`) with the given settings over it."""
-        given = tuple(sorted(set(int(r) for r in ratios))) if ratios is not None else None
         settings = (config or CompressorConfig()).override(
-            ratios=given,
+            ratios=tuple(int(r) for r in ratios) if ratios is not None else None,
             kind=kind,
             rank=rank,
             alpha=alpha,

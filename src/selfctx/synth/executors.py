@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from selfctx.synth.pipeline import (
+    PoolSource,
     SynthConfig,
     build_summary,
     open_source,
@@ -88,11 +89,13 @@ def run_synth_ray(
         throughput.calls += calls
         throughput.cached += cached
     model = task_results[0]["model"]
-    source = open_source(cfg, out, counter, model, documents=documents)
-    # the pool as the job that grew it reported it (shards written this run), not as loaded afterwards
-    part = {"stages": {"pool": grown["report"]}} if grown else source.describe()
+    if grown:  # the pool as the job that grew it reported it (shards written this run)
+        part, card = {"stages": {"pool": grown["report"]}}, PoolSource.card
+    else:
+        source = open_source(cfg, out, counter, model, documents=documents)
+        part, card = source.describe(), source.card
     summaries = {t: r["summary"] for t, r in zip(cfg.tasks, task_results, strict=True)}
     summary = build_summary(cfg, out, model, stats, part, summaries, throughput, started, gen_seconds)
     summary["executor"] = "ray"
-    write_dataset(out, cfg, summary, command, source.card(summary))
+    write_dataset(out, cfg, summary, command, card(summary))
     return summary

@@ -302,7 +302,8 @@ class PoolSource:
     def describe(self) -> dict[str, Any]:
         return {"stages": {"pool": self.report.to_json()}}
 
-    def card(self, summary: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def card(summary: dict[str, Any]) -> dict[str, Any]:
         pool = summary["stages"]["pool"]
         return {"pool_passages": pool["passages"], "pool_tokens": pool["tokens"]}
 
