@@ -15,6 +15,7 @@ import functools
 import importlib.util
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +42,7 @@ class ModelSpec:
     folder: str
     gguf_file: str | None = None
     adapter: str | None = None
+    in_memory: bool = False  # the tiny random Llama built in code (tests, smoke presets): no files at all
 
     @property
     def is_gguf(self) -> bool:
@@ -104,8 +106,15 @@ def embedded_gguf_path() -> Path:
     return files[0]
 
 
+def is_in_memory(name: str) -> bool:
+    """The spec names the tiny random Llama that is built in code rather than loaded."""
+    return name == TINY
+
+
 def resolve_model(spec: str) -> ModelSpec:
     """Turn what the user typed into a ModelSpec. Local paths must exist; other strings are hub ids."""
+    if is_in_memory(spec):
+        return ModelSpec(name=spec, folder="", in_memory=True)
     if spec.lower() in EMBEDDED_ALIASES:
         path = embedded_gguf_path()
         return ModelSpec(name=EMBEDDED_MODEL, folder=str(path.parent), gguf_file=path.name)
@@ -139,7 +148,7 @@ def _finetuned_spec(path: Path) -> ModelSpec:
     trained = path / "selfctx_train.json"
     if trained.is_file():
         name = json.loads(trained.read_text()).get("model", {}).get("name")
-        base_name = name if name and name != TINY else None  # tiny: the base saved beside the run
+        base_name = name if name and not is_in_memory(name) else None  # tiny: the base saved beside the run
     base_name = base_name or json.loads((path / "adapter_config.json").read_text()).get(
         "base_model_name_or_path"
     )
@@ -159,6 +168,10 @@ def load_model_config(spec: ModelSpec | str) -> Any:
     from transformers import AutoConfig
 
     spec = resolve_model(spec) if isinstance(spec, str) else spec
+    if spec.in_memory:
+        from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama_config
+
+        return tiny_llama_config(vocab_size=TINY_TOKENIZER_VOCAB)
     if spec.adapter is not None:
         return AutoConfig.from_pretrained(spec.adapter)
     kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.is_gguf else {}
@@ -169,6 +182,10 @@ def load_model_config(spec: ModelSpec | str) -> Any:
 def _load_tokenizer_cached(spec: ModelSpec) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
+    if spec.in_memory:
+        from selfctx.tiny import tiny_tokenizer
+
+        return tiny_tokenizer()
     kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.is_gguf else {}
     try:
         if spec.adapter is not None:  # a fine-tune saves its tokenizer (and chat template) beside the adapter
@@ -222,13 +239,22 @@ def load_causal_lm(
     dtype: str | torch.dtype | None = "auto",
     device: str | None = None,
     attn_implementation: Literal["sdpa", "eager"] = "sdpa",
+    seed: int = 0,
+    in_memory_config: Mapping[str, float] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer through transformers (GGUF files are dequantized on load)."""
+    """Load a causal LM and its tokenizer through transformers (GGUF files are dequantized on load). An
+    in-memory spec is built from `seed`, with `in_memory_config` overriding tiny_llama_config's sizes."""
     from transformers import AutoModelForCausalLM
 
     spec = resolve_model(spec) if isinstance(spec, str) else spec
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
+    if spec.in_memory:
+        from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama
+
+        config = {"vocab_size": TINY_TOKENIZER_VOCAB, **(in_memory_config or {})}
+        tiny = tiny_llama(seed, torch_dtype, attn_implementation, **config)
+        return tiny.to(device), load_tokenizer(spec)  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.is_gguf else {}
     try:
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(

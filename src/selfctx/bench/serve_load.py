@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import typer
 
 from selfctx.errors import SelfctxError
-from selfctx.tiny import TINY
 
 SCENARIOS = ("shared", "shared-noreuse", "distinct")
 
@@ -96,6 +95,7 @@ def command(
     import torch
 
     from selfctx.compress import CompressedLM, ExpertBattery
+    from selfctx.models import load_causal_lm, resolve_model
     from selfctx.serve import ServeConfig, serve_in_thread
 
     chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
@@ -109,14 +109,15 @@ def command(
     if threads:
         torch.set_num_threads(threads)
     loaded = time.perf_counter()
-    if model == TINY:
-        from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
-
-        base = tiny_llama(vocab_size=TINY_TOKENIZER_VOCAB, max_position_embeddings=max(1024, native_context))
-        battery = ExpertBattery.create(base, (2, 4, 8))
-        lm = CompressedLM(
-            base, tiny_tokenizer(), battery, window=window, native_context=native_context, name=TINY
+    if resolve_model(model).in_memory:  # random weights, so it needs no battery on disk
+        base, tokenizer = load_causal_lm(
+            model,
+            dtype="float32",
+            device="cpu",
+            in_memory_config={"max_position_embeddings": max(1024, native_context)},
         )
+        battery = ExpertBattery.create(base, (2, 4, 8))
+        lm = CompressedLM(base, tokenizer, battery, window=window, native_context=native_context, name=model)
     else:
         lm = CompressedLM.from_pretrained(
             model, window=window, native_context=native_context, ratios=(2, 4, 8), dtype="float32"

@@ -21,7 +21,6 @@ from selfctx.eval.needle import VARIANTS
 from selfctx.eval.synthetic import CHECKS
 from selfctx.synth.lengths import parse_length
 from selfctx.synth.pipeline import SynthConfig
-from selfctx.tiny import TINY
 from selfctx.train.experts import ExpertsConfig, recipe_sources
 
 STAGES = ("synth", "train", "eval", "report")
@@ -247,10 +246,6 @@ def ratio_plan(
 
 def model_native_context(model: str) -> int | None:
     """The model's own position limit without loading its weights (None when it cannot be read)."""
-    if model == TINY:
-        from selfctx.tiny import tiny_llama_config
-
-        return int(tiny_llama_config().max_position_embeddings)
     try:
         from selfctx.models import load_model_config
 
@@ -347,7 +342,7 @@ def baseline_gguf(cfg: ExtendConfig) -> str | None:
     transformers; llamacpp with a model llama.cpp cannot run as it is is refused."""
     backend = cfg.eval.baseline_backend
     gguf = None
-    if backend != "hf" and cfg.model != TINY:
+    if backend != "hf":
         from selfctx.models import resolve_model
 
         spec = resolve_model(cfg.model)

@@ -236,24 +236,22 @@ def load_base_for_eval(plan: Plan) -> tuple[Any, Any]:
     train stage's own copy when this process trained it in the eval dtype."""
     import torch
 
-    from selfctx.models import default_device, load_causal_lm, resolve_dtype
-    from selfctx.tiny import TINY
+    from selfctx.models import default_device, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model
 
     name = plan.config.model
-    dtype = torch.float32 if name == TINY else resolve_dtype(plan.config.eval.dtype, default_device())
+    spec = resolve_model(name)
+    dtype = torch.float32 if spec.in_memory else resolve_dtype(plan.config.eval.dtype, default_device())
     reused = _TRAINED_BASE.pop((name, str(dtype)), None)
     _TRAINED_BASE.clear()
     if reused is not None and next(reused[0].parameters()).device.type == default_device():
         reused[0].eval()
         return reused
-    if name == TINY:
+    if spec.in_memory:  # the copy the train stage saved: the experts were trained on those weights
         from transformers import AutoModelForCausalLM
 
-        from selfctx.tiny import tiny_tokenizer
-
         base = Path(plan.experts.loop.output_dir) / "base"
-        return AutoModelForCausalLM.from_pretrained(str(base)), tiny_tokenizer()
-    return load_causal_lm(name, dtype=plan.config.eval.dtype)
+        return AutoModelForCausalLM.from_pretrained(str(base)), load_tokenizer(spec)
+    return load_causal_lm(spec, dtype=plan.config.eval.dtype)
 
 
 def report_stage(plan: Plan, folder: Path, out: Path, command: str) -> dict[str, Any]:

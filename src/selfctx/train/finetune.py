@@ -18,7 +18,6 @@ from torch import nn
 
 from selfctx.config import to_dict
 from selfctx.fsutil import write_json_atomic, write_text_atomic
-from selfctx.tiny import TINY
 from selfctx.train.config import FinetuneConfig
 from selfctx.train.data import MixBatches, build_mix
 from selfctx.train.distributed import barrier
@@ -56,13 +55,14 @@ def prepare_trainable(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     return get_peft_model(model, lora)
 
 
-def base_reference(cfg: FinetuneConfig) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None) of the base, for loading code and adapter_config.json."""
-    if cfg.model.name == TINY:
-        return "OUTPUT/base", None
+def base_reference(cfg: FinetuneConfig, output: Path) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None) of the base, for loading code and adapter_config.json;
+    an in-memory base is the copy the session saved under OUTPUT/base."""
     from selfctx.models import resolve_model
 
     spec = resolve_model(cfg.model.name)
+    if spec.in_memory:
+        return str((output / "base").resolve()), None
     return spec.folder, spec.gguf_file
 
 
@@ -70,12 +70,10 @@ def save_final(model: nn.Module, tokenizer: Any, cfg: FinetuneConfig, output: Pa
     """Write the adapter (or full model), the scaled config and the tokenizer into output/final."""
     final = output / "final"
     final.mkdir(parents=True, exist_ok=True)
-    base_folder, gguf_file = base_reference(cfg)
+    base_folder, gguf_file = base_reference(cfg, output)
     if cfg.method == "lora":
         lm = model.get_base_model()  # type: ignore[operator]
-        model.peft_config["default"].base_model_name_or_path = (  # type: ignore[index, union-attr]
-            str((output / "base").resolve()) if cfg.model.name == TINY else base_folder
-        )
+        model.peft_config["default"].base_model_name_or_path = base_folder  # type: ignore[index, union-attr]
         model.save_pretrained(str(final))  # type: ignore[operator]
         lm.config.save_pretrained(str(final))
         if cfg.save_merged:
@@ -89,9 +87,8 @@ def save_final(model: nn.Module, tokenizer: Any, cfg: FinetuneConfig, output: Pa
     return final
 
 
-def _loading_doc(cfg: FinetuneConfig, final: Path, base_folder: str, gguf_file: str | None) -> str:
+def _loading_doc(cfg: FinetuneConfig, final: Path, base: str, gguf_file: str | None) -> str:
     gguf = f', gguf_file="{gguf_file}"' if gguf_file else ""
-    base = str((final.parent / "base").resolve()) if cfg.model.name == TINY else base_folder
     if cfg.method == "full":
         body = f'model = AutoModelForCausalLM.from_pretrained("{final}")\n'
     else:

@@ -28,7 +28,6 @@ from selfctx import config as config_mod
 from selfctx.errors import SelfctxError
 from selfctx.fsutil import write_json_atomic, write_jsonl_atomic
 from selfctx.progress import progress_bar
-from selfctx.tiny import TINY
 from selfctx.train import checkpoint as ckpt
 from selfctx.train.config import DataConfig, LoopConfig
 from selfctx.train.distributed import (
@@ -76,16 +75,14 @@ def check_before_loading(
     model_name: str, loop: LoopConfig, data: DataConfig | None = None, *, where: str = ""
 ) -> None:
     """A run's model spec, device, output folder and data paths, checked before the base model loads and
-    before anything is written (`tiny` is the in-code test model; `where` prefixes the config keys named)."""
+    before anything is written (`where` prefixes the config keys named)."""
     from selfctx.checks import check_device, check_out_folder
+    from selfctx.models import resolve_model
     from selfctx.train.data import check_sources
 
     check_device(loop.device, f"{where}loop.device")
     check_out_folder(Path(loop.output_dir), f"{where}loop.output_dir")
-    if model_name != TINY:
-        from selfctx.models import resolve_model
-
-        resolve_model(model_name)
+    resolve_model(model_name)
     if data is not None:
         check_sources(data)
 

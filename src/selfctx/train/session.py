@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from selfctx.errors import SelfctxError
-from selfctx.tiny import TINY
 from selfctx.train.config import LoopConfig, ModelSettings
 from selfctx.train.distributed import DistInfo, cleanup, init_distributed, resolve_device
 
@@ -39,21 +38,15 @@ def load_model(
     settings: ModelSettings, seed: int, device: torch.device, dtype: torch.dtype, *, tiny_init: float = 0.02
 ) -> tuple[Any, Any]:
     """The base model and its tokenizer (`tiny`: a random tiny Llama, seeded, with a byte tokenizer)."""
-    if settings.name == TINY:
-        from selfctx.tiny import TINY_TOKENIZER_VOCAB, tiny_llama, tiny_tokenizer
-
-        model = tiny_llama(
-            seed=seed,
-            dtype=dtype,
-            vocab_size=TINY_TOKENIZER_VOCAB,
-            initializer_range=tiny_init,
-            attn_implementation=settings.attn_implementation,
-        )
-        return model.to(device), tiny_tokenizer()  # type: ignore[arg-type]
     from selfctx.models import load_causal_lm
 
     return load_causal_lm(
-        settings.name, dtype=dtype, device=str(device), attn_implementation=settings.attn_implementation
+        settings.name,
+        dtype=dtype,
+        device=str(device),
+        attn_implementation=settings.attn_implementation,
+        seed=seed,
+        in_memory_config={"initializer_range": tiny_init},
     )
 
 
@@ -66,7 +59,7 @@ def open_session(
     prepare: Callable[[Any], object] | None = None,
 ) -> Iterator[Session]:
     """Set up one training process; `prepare(model)` changes the base before a tiny one is saved."""
-    from selfctx.models import resolve_dtype
+    from selfctx.models import resolve_dtype, resolve_model
 
     info = init_distributed(loop.device)
     try:
@@ -76,7 +69,9 @@ def open_session(
         if prepare is not None:
             prepare(model)
         output = Path(loop.output_dir)
-        if settings.name == TINY and info.is_main:  # an in-memory base: keep it beside what the run saves
+        if (
+            resolve_model(settings.name).in_memory and info.is_main
+        ):  # an in-memory base: keep it beside what the run saves
             model.save_pretrained(str(output / "base"))
             tokenizer.save_pretrained(str(output / "base"))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
