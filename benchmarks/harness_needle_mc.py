@@ -45,11 +45,32 @@ def write_task(args: argparse.Namespace, tokenizer: Any, folder: Path) -> None:
     )
 
 
+def compressed_lms(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """`experts-<name>-r<ratio>` (each --experts battery) and `untrained-r<ratio>` over one loaded model."""
+    from selfctx.compress import CompressedLM
+
+    out: dict[str, Any] = {}
+    for spec in args.experts:
+        name, _, folder = spec.partition("=")
+        out[f"experts-{name}-r{args.ratio}"] = CompressedLM.from_pretrained(
+            model, experts=folder, native_context=args.native_context, tokenizer=tokenizer
+        )
+    if args.untrained:
+        out[f"untrained-r{args.ratio}"] = CompressedLM.from_pretrained(
+            model,
+            ratios=(args.ratio,),
+            window=args.window,
+            native_context=args.native_context,
+            tokenizer=tokenizer,
+            sink=args.untrained_sink,
+            memory_input=args.untrained_memory_input,
+        )
+    return out
+
+
 def methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict[str, Any]:
     """name -> (CompressedLM, forced ratio, truncation); `full` and `truncate-N` read the first battery's
     model at ratio 1 (nothing compressed)."""
-    from compare_methods import compressed_lms  # this folder's comparison script: the same batteries
-
     lms = compressed_lms(args, model, tokenizer)
     out: dict[str, Any] = {}
     if args.full and lms:

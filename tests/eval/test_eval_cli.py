@@ -216,6 +216,36 @@ def test_several_named_batteries_score_in_one_run_each_in_its_own_folder(tmp_pat
     for name in ("a", "b"):
         run = json.loads((tmp_path / "nd" / f"{name}-w32-r4" / "run.json").read_text())
         assert run["experts"] == str((tmp_path / f"experts-{name}").resolve())
+        assert run["compressor"]["sink"] == 1 and run["compressor"]["native_context"] == 256
+
+
+def test_a_name_without_a_folder_is_an_untrained_battery_beside_trained_ones(tmp_path: Path, tiny_lm) -> None:
+    """The comparison's untrained row reads through the trained battery's mechanism (sink, memory input,
+    window, native context) when told to; run.json records it, so a folder never mixes two mechanisms."""
+    from selfctx.compress import CompressorConfig, ExpertBattery
+
+    model_dir = _tiny_model_folder(tmp_path, tiny_lm)
+    model, _ = tiny_lm
+    trained = CompressorConfig(ratios=(4,), window=32, native_context=256, sink=1, memory_input="span_last")
+    ExpertBattery.create(model, config=trained).save(tmp_path / "experts-a")
+    hay = tmp_path / "hay"
+    hay.mkdir()
+    (hay / "a.txt").write_text(" ".join(f"Line {i} is here." for i in range(300)))
+    args = ["eval", "needle", "--haystack", str(hay), "--out", str(tmp_path / "nd"), "--lengths", "300"]
+    args += ["--depths", "0.5", "--method", "compressed", "--ratio", "4", "--model", str(model_dir)]
+    args += ["--dtype", "float32", "--device", "cpu", "--max-new-tokens", "4", "--window", "32"]
+    args += [f"--experts=a={tmp_path / 'experts-a'}", "--experts=untrained=", "--native-context", "256"]
+    result = runner.invoke(app, [*args, "--sink", "1", "--memory-input", "span_last"])
+    assert result.exit_code == 0, result.output
+    untrained = json.loads((tmp_path / "nd" / "untrained-w32-r4" / "run.json").read_text())
+    a = json.loads((tmp_path / "nd" / "a-w32-r4" / "run.json").read_text())
+    assert untrained["experts"] is None and a["experts"] == str((tmp_path / "experts-a").resolve())
+    for key in ("sink", "memory_input", "window", "native_context"):
+        assert untrained["compressor"][key] == a["compressor"][key], key
+    again = runner.invoke(app, args)  # the same folders without --sink: another mechanism, refused
+    assert again.exit_code != 0 and "compressor" in str(again.exception)
+    negative = runner.invoke(app, [*args, "--sink", "-1", "--out", str(tmp_path / "other")])
+    assert negative.exit_code != 0 and "--sink" in str(negative.exception)
 
 
 def test_an_experts_folder_with_an_equals_sign_is_a_folder_not_a_name(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import typer
 
 from selfctx.checks import EvalBackend
 from selfctx.commands import options as opt
+from selfctx.compress.config import MemoryInput
 from selfctx.errors import SelfctxError
 
 app = typer.Typer(
@@ -38,22 +39,25 @@ class _Methods:
 
     model: str
     methods: list[str]
-    experts: list[str] | None  # DIR, or NAME=DIR per battery
+    experts: list[str] | None  # DIR, or NAME=DIR per battery (NAME= alone: an untrained one)
     window: int | None
     ratio: int | None
     dtype: str
     device: str | None
     backend: str
     batch_size: int = 1
+    native_context: int | None = None
+    sink: int | None = None
+    memory_input: MemoryInput = "shared"
 
     @property
     def batteries(self) -> list[tuple[str | None, str | None]]:
-        """(name or None, folder) of each --experts; one unnamed untrained battery (None) without any."""
+        """(name or None, folder or None) of each --experts; one unnamed untrained battery without any."""
         out: list[tuple[str | None, str | None]] = []
         for entry in self.experts or []:
             name, sep, folder = entry.partition("=")
             named = sep and re.fullmatch(r"[\w.-]+", name) and not Path(entry).exists()
-            out.append((name, folder) if named else (None, entry))
+            out.append((name, folder or None) if named else (None, entry))
         return out or [(None, None)]
 
     def check(self) -> _Methods:
@@ -82,6 +86,8 @@ class _Methods:
         check_dtype(self.dtype)
         check_device(self.device)
         check_positive(self.batch_size, "--batch-size")
+        if self.sink is not None and self.sink < 0:
+            raise SelfctxError(f"--sink must be 0 or more raw tokens, got {self.sink}")
         spec = resolve_model(self.model)
         if self.backend == "llamacpp":
             _ = spec.gguf_path  # raises unless llama.cpp can run the model as it is
@@ -89,7 +95,9 @@ class _Methods:
             from selfctx.compress.model import check_compression_args
 
             for _, folder in self.batteries:
-                check_compression_args(folder, window=self.window, ratio=self.ratio)
+                check_compression_args(
+                    folder, window=self.window, native_context=self.native_context, ratio=self.ratio
+                )
         else:
             from selfctx.compress.battery import read_battery_meta
 
@@ -127,6 +135,9 @@ class _Methods:
                 ratio=self.ratio,
                 batch_size=self.batch_size,
                 label=name,
+                native_context=self.native_context,
+                sink=self.sink,
+                memory_input=self.memory_input,
             )
             for m in self.methods
             for name, folder in (self.batteries if m == "compressed" else [(None, None)])
@@ -177,6 +188,9 @@ def longbench(
     experts: opt.MethodExperts = None,
     window: opt.Window = None,
     ratio: opt.Ratio = None,
+    native_context: opt.NativeContext = None,
+    sink: opt.Sink = None,
+    memory_input: opt.MemoryInputOption = "shared",
     dtype: opt.Dtype = "auto",
     device: opt.Device = None,
     batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 1,
@@ -193,7 +207,18 @@ def longbench(
     check_positive(max_length, "--max-length")
     check_out_folder(out)
     methods = _Methods(
-        model, _csv(method), experts, window, ratio, dtype, device, backend, batch_size
+        model,
+        _csv(method),
+        experts,
+        window,
+        ratio,
+        dtype,
+        device,
+        backend,
+        batch_size,
+        native_context,
+        sink,
+        memory_input,
     ).check()
     for m in methods.load():
         folder = out / m.name
@@ -242,6 +267,9 @@ def needle(
     experts: opt.MethodExperts = None,
     window: opt.Window = None,
     ratio: opt.Ratio = None,
+    native_context: opt.NativeContext = None,
+    sink: opt.Sink = None,
+    memory_input: opt.MemoryInputOption = "shared",
     dtype: opt.Dtype = "auto",
     device: opt.Device = None,
     backend: opt.Backend = "hf",
@@ -259,7 +287,20 @@ def needle(
         max_new_tokens=max_new_tokens,
     )
     check_out_folder(out)
-    methods = _Methods(model, _csv(method), experts, window, ratio, dtype, device, backend, 1).check()
+    methods = _Methods(
+        model,
+        _csv(method),
+        experts,
+        window,
+        ratio,
+        dtype,
+        device,
+        backend,
+        1,
+        native_context,
+        sink,
+        memory_input,
+    ).check()
     text = load_haystack(haystack)
     for m in methods.load():
         folder = out / m.name
@@ -298,6 +339,9 @@ def synthetic(
     experts: opt.MethodExperts = None,
     window: opt.Window = None,
     ratio: opt.Ratio = None,
+    native_context: opt.NativeContext = None,
+    sink: opt.Sink = None,
+    memory_input: opt.MemoryInputOption = "shared",
     dtype: opt.Dtype = "auto",
     device: opt.Device = None,
     backend: opt.Backend = "hf",
@@ -323,7 +367,20 @@ def synthetic(
         exclude_from=tuple(str(p) for p in exclude_from or ()),
     )
     check_out_folder(out)
-    methods = _Methods(model, _csv(method), experts, window, ratio, dtype, device, backend, 1).check()
+    methods = _Methods(
+        model,
+        _csv(method),
+        experts,
+        window,
+        ratio,
+        dtype,
+        device,
+        backend,
+        1,
+        native_context,
+        sink,
+        memory_input,
+    ).check()
     passages = load_distractors(pool)
     for m in methods.load():
         folder = out / m.name

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from selfctx.checks import DtypeName, EvalBackend
+from selfctx.compress.config import MemoryInput
 
 BaseModel = Annotated[
     str,
@@ -37,6 +38,18 @@ MethodExperts = Annotated[
     list[str] | None,
     typer.Option(
         help="Expert folder for --method compressed (default: untrained experts); repeat as NAME=DIR to "
-        "score several batteries in one run, one method folder each (NAME-w<window>...)."
+        "score several batteries in one run, one method folder each (NAME-w<window>...); NAME= with no "
+        "folder is an untrained battery under that name."
+    ),
+]
+Sink = Annotated[
+    int | None,
+    typer.Option(help="Raw tokens kept at position 0, never compressed (default: as trained; untrained: 0)."),
+]
+MemoryInputOption = Annotated[
+    MemoryInput,
+    typer.Option(
+        help="What untrained experts' memory tokens start from: shared (one learned embedding) or span_last "
+        "(the last token of each slot's span); trained experts keep the input they learned with."
     ),
 ]

@@ -22,6 +22,8 @@ from selfctx.sampling import eos_token_ids
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from selfctx.compress.config import MemoryInput
+
 
 @dataclass(frozen=True)
 class Request:
@@ -68,7 +70,8 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * element
 
 
-def native_context(model: PreTrainedModel) -> int:
+def model_positions(model: PreTrainedModel) -> int:
+    """The model's own position limit (what `truncate` cuts prompts to)."""
     return int(model.config.max_position_embeddings)
 
 
@@ -108,7 +111,7 @@ class HFMethod:
     def input_limit(self, max_new_tokens: int) -> int | None:
         if self.limit is None:
             return None
-        window = native_context(self.model) if self.limit == "native" else int(self.limit)
+        window = model_positions(self.model) if self.limit == "native" else int(self.limit)
         room = window - max_new_tokens - self._template_overhead()
         if room < 16:
             raise SelfctxError(
@@ -336,6 +339,9 @@ def build_method(
     ratio: int | None = None,
     batch_size: int = 1,
     label: str | None = None,
+    native_context: int | None = None,
+    sink: int | None = None,
+    memory_input: MemoryInput = "shared",
 ) -> Method:
     """One method over an already loaded model (several methods can share it).
 
@@ -345,18 +351,28 @@ def build_method(
     compressed  selfctx.compress.CompressedLM: trained experts from `experts`, or untrained (zero-LoRA)
                 experts when none are given (memory tokens read through the base weights); `window`
                 None = the window the experts were trained with (1024 for untrained ones); `label` names
-                the method instead of "experts" (several batteries in one run)
+                the method instead of "experts" (several batteries in one run); `native_context` and
+                `sink` None = as trained; `memory_input` is what untrained experts' memory tokens start
+                from (trained ones keep the input they learned with)
     """
     limit = truncation_limit(kind)
     if limit is not None:
-        size = native_context(model) if limit == "native" else limit
+        size = model_positions(model) if limit == "native" else limit
         return HFMethod(model, tokenizer, name=f"truncate-{size}", limit=limit, batch_size=batch_size)
     if kind == "full":
         return HFMethod(model, tokenizer, name="full", limit=None, batch_size=batch_size)
     if kind == "compressed":
         from selfctx.compress import CompressedLM
 
-        compressed = CompressedLM.from_pretrained(model, experts=experts, window=window, tokenizer=tokenizer)
+        compressed = CompressedLM.from_pretrained(
+            model,
+            experts=experts,
+            window=window,
+            tokenizer=tokenizer,
+            native_context=native_context,
+            sink=sink,
+            memory_input=memory_input,
+        )
         label = label or ("experts" if experts else "compressed-untrained")
         name = f"{label}-w{compressed.window}" + (f"-r{ratio}" if ratio else "")
         return CompressedMethod(compressed, name=name, ratio=ratio, experts=experts)
@@ -373,6 +389,8 @@ def describe(method: Method) -> dict[str, Any]:
         )
     elif model is not None:
         info["kv_bytes_per_token"] = kv_bytes_per_token(model)
-        info["native_context"] = native_context(model)
+        info["native_context"] = model_positions(model)
         info["model"] = getattr(model.config, "_name_or_path", "") or model.config.model_type
+    if isinstance(method, CompressedMethod):  # the mechanism as resolved: a folder never mixes two
+        info["compressor"] = method.compressed.config.to_json()
     return info
