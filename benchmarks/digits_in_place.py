@@ -27,6 +27,8 @@ def scores(row: dict) -> dict[str, float]:
 
 def mean_se(values: list[float]) -> tuple[float, float]:
     n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
     return mean, math.sqrt(var / n)
@@ -54,6 +56,9 @@ def main() -> None:
         if reference is None or name == args.reference:
             continue
         shared = sorted(set(rows) & set(reference))
+        if not shared:
+            print(f"{name} shares no items with {args.reference}: nothing to pair")
+            continue
         mean, se = mean_se([rows[c]["digits"] - reference[c]["digits"] for c in shared])
         print(
             f"{name} - {args.reference}, digits in place: {100 * mean:+.1f} ± {100 * se:.1f} "

@@ -31,3 +31,13 @@ def test_choice_options_list_and_enforce_their_choices(argv: list[str], option: 
     assert choices in help_text
     refused = runner.invoke(app, [*argv, option, "nosuch"], env={"COLUMNS": "200"})
     assert refused.exit_code == 2 and "nosuch" in refused.output and "is not one of" in refused.output
+
+
+def test_the_command_line_starts_without_importing_torch() -> None:
+    """Every command module imports heavy libraries inside its functions, so `selfctx --help` stays fast."""
+    import subprocess
+    import sys
+
+    probe = "import sys, selfctx.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

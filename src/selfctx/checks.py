@@ -24,6 +24,10 @@ from selfctx.errors import SelfctxError
 DtypeName = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
 DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
 EvalBackend = Literal["hf", "llamacpp"]  # how `selfctx eval` runs a model
+# what a memory token's input embedding is (compress/engine.py: memory_inputs): one learned embedding
+# shared by every slot, or the last token of the slot's own span plus a learned offset (here, so the CLI
+# reads it without importing torch)
+MemoryInput = Literal["shared", "span_last"]
 SynthBackend = Literal["hf", "llamacpp", "openai"]  # what writes `selfctx synth`'s data
 Executor = Literal["local", "ray"]  # how `selfctx synth` schedules its work
 Budget = Literal["smoke", "cpu-hours", "gpu-hour", "paper"]  # `selfctx extend` presets

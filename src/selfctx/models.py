@@ -112,7 +112,8 @@ def is_in_memory(name: str) -> bool:
 
 
 def resolve_model(spec: str) -> ModelSpec:
-    """Turn what the user typed into a ModelSpec. Local paths must exist; other strings are hub ids."""
+    """Turn what the user typed into a ModelSpec. Local paths must exist; other strings are hub ids. `tiny`
+    always names the in-code test model (a folder of that name is `./tiny`)."""
     if is_in_memory(spec):
         return ModelSpec(name=spec, folder="", in_memory=True)
     if spec.lower() in EMBEDDED_ALIASES:

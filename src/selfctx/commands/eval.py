@@ -11,9 +11,8 @@ from typing import Annotated, get_args
 
 import typer
 
-from selfctx.checks import EvalBackend
+from selfctx.checks import EvalBackend, MemoryInput
 from selfctx.commands import options as opt
-from selfctx.compress.config import MemoryInput
 from selfctx.errors import SelfctxError
 
 app = typer.Typer(

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from selfctx.checks import DtypeName, EvalBackend
-from selfctx.compress.config import MemoryInput
+from selfctx.checks import DtypeName, EvalBackend, MemoryInput
 
 BaseModel = Annotated[
     str,

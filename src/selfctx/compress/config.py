@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from selfctx.checks import MemoryInput
 from selfctx.errors import SelfctxError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -24,9 +25,6 @@ DEFAULT_WINDOW = 1024
 GROUP_TOKENS = 8192
 Kind = Literal["lora", "mha_clone"]
 LoraOn = Literal["memory", "all"]
-# what a memory token's input embedding is (engine.memory_inputs): one learned embedding shared by every
-# slot, or the last token of the slot's own span plus a learned offset
-MemoryInput = Literal["shared", "span_last"]
 AttentionPattern = Literal["full-coverage", "segmentation", "step-expansion"]
 # the window mechanism as battery.json wrote it before "compressor" existed (still written, for older readers)
 MECHANISM_KEYS = ("window", "native_context", "pattern", "sink")

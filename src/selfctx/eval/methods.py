@@ -22,7 +22,7 @@ from selfctx.sampling import eos_token_ids
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from selfctx.compress.config import MemoryInput
+    from selfctx.checks import MemoryInput
 
 
 @dataclass(frozen=True)
