@@ -206,3 +206,46 @@ def test_repeat_samples_ask_for_the_stretch_they_hold_with_every_answer_token_a_
         assert 200 <= len(example.input_ids) <= 600
     with pytest.raises(ValueError, match="needs a path"):
         DataSource(kind="repeat")
+
+
+def _merging_tokenizer(passages: list[str]):  # type: ignore[no-untyped-def]
+    """A BPE tokenizer trained in code on `passages`: several characters a token, like a real model's (the
+    byte-level test tokenizer has one a token, which hides any confusion of characters with tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from selfctx.tiny import TINY_CHAT_TEMPLATE, TINY_SPECIAL_TOKENS
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=list(TINY_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(passages, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>"
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def test_recall_samples_are_as_long_in_tokens_as_drawn_and_the_legacy_unit_counts_characters() -> None:
+    from selfctx.train.recall import recall_examples
+
+    passages = [
+        f"Passage {i} talks about the rivers and the hills of the valley in some detail." * 4
+        for i in range(20)
+    ]
+    tok = _merging_tokenizer(passages)
+    chars_per_token = len(passages[0]) / len(tok(passages[0])["input_ids"])
+    assert chars_per_token > 2.5  # the point of this tokenizer
+    made = recall_examples(tok, 16, 200, 2000, seed=0, passages=passages)
+    lengths = sorted(len(e.input_ids) for e in made)
+    assert len(made) == 16 and lengths[-1] > 1600 and lengths[8] > 700  # uniform over 200..2000 tokens
+    legacy = recall_examples(tok, 16, 200, 2000, seed=0, passages=passages, length_unit="chars")
+    assert max(len(e.input_ids) for e in legacy) < 800  # drawn in characters: a fraction of it in tokens
+    with pytest.raises(ValueError, match="length_unit"):
+        DataSource(kind="text", path="p", length_unit="chars")

@@ -84,7 +84,11 @@ class DataSource:
     `facts_per_1k` (recall with a path only): dense recall, that many facts per 1,000 tokens of the sample (at
     least one), every one asked in a turn of its own, instead of 1-3 facts with one asked. `fact_values`
     (recall with a path only): what a fact holds, `numbers` (4-7 digits), `phrases` (a few words of a pool
-    passage, to be written back word for word) or `mixed` (each fact one or the other).
+    passage, to be written back word for word) or `mixed` (each fact one or the other). `length_unit`
+    (recall): what the lengths drawn from min_tokens..max_tokens count: `tokens` (each sample is made that
+    long), or `chars` (drawn in characters, the sample kept once its token count falls within the range:
+    what every recall source got before 2026-12-01, about a quarter of the length in tokens with SmolLM2's
+    tokenizer; the smollm2-cpu preset keeps it so its runs stay what they were).
     """
 
     kind: Literal["synth", "chat", "text", "recall", "repeat"]
@@ -92,6 +96,7 @@ class DataSource:
     weight: float = 1.0
     facts_per_1k: float | None = None
     fact_values: Literal["numbers", "phrases", "mixed"] = "numbers"
+    length_unit: Literal["tokens", "chars"] = "tokens"
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
@@ -102,6 +107,12 @@ class DataSource:
         if dense is not None and (self.kind != "recall" or not self.path or dense <= 0):
             raise ValueError(
                 f"facts_per_1k={dense}: only a recall source with a path takes it, and it must be > 0"
+            )
+        if self.length_unit not in ("tokens", "chars") or (
+            self.length_unit != "tokens" and self.kind != "recall"
+        ):
+            raise ValueError(
+                f"length_unit={self.length_unit}: tokens, or chars for a recall source (its legacy lengths)"
             )
         if self.fact_values != "numbers" and (self.kind != "recall" or not self.path):
             raise ValueError(

@@ -125,7 +125,7 @@ def load_source(source: DataSource, tokenizer: PreTrainedTokenizerBase, cfg: Dat
         passages = text_documents(source.path) if source.path else None
         examples = recall_examples(
             tokenizer, n, cfg.min_tokens, cfg.max_tokens, seed=0, passages=passages,
-            facts_per_1k=source.facts_per_1k, values=source.fact_values,
+            facts_per_1k=source.facts_per_1k, values=source.fact_values, length_unit=source.length_unit,
         )  # fmt: skip
         if not examples:
             raise SelfctxError(

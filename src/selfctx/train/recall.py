@@ -166,20 +166,26 @@ def recall_examples(
     passages: list[str] | None = None,
     facts_per_1k: float | None = None,
     values: FactValues = "numbers",
+    length_unit: Literal["tokens", "chars"] = "tokens",
 ) -> list[Example]:
     """`n_samples` tokenized conversations of min_tokens..max_tokens tokens (lengths drawn uniformly); with
-    `passages`, facts hidden among them (`facts_per_1k`: that many per 1,000 tokens, each asked; `values`:
-    what the facts hold), else records only."""
+    `passages`, facts hidden among them (`facts_per_1k`: that many per 1,000 drawn tokens, each asked;
+    `values`: what the facts hold), else records only. `length_unit="chars"`: the drawn length is a
+    character count and a sample is kept as soon as its tokens fall within the range (the legacy lengths,
+    ~1/4 of the draw with a real tokenizer)."""
     rng = random.Random(f"recall-{seed}")
     out: list[Example] = []
     attempts = 0
+    chars_per_token = 1.0  # learned from the samples made so far: the next first guess lands near its target
     while len(out) < n_samples and attempts < 20 * n_samples:
         attempts += 1
         target = rng.randint(min_tokens, max_tokens)
-        chars = target  # a first guess, corrected by the measured chars-per-token of the first try
         sample_seed = rng.random()
         n_facts = None if facts_per_1k is None else max(1, round(facts_per_1k * target / 1000))
-        for _ in range(3):
+        legacy = length_unit == "chars"
+        chars = target if legacy else max(16, int(target * chars_per_token))
+        best: Example | None = None
+        for _ in range(3 if legacy else 4):
             sample_rng = random.Random(sample_seed)
             messages = (
                 filler_messages(sample_rng, chars, passages, n_facts, values)
@@ -189,10 +195,15 @@ def recall_examples(
             example = tokenize_chat(tokenizer, messages)
             assert example is not None
             n = len(example.input_ids)
-            if min_tokens <= n <= max_tokens:
-                out.append(Example(example.input_ids, example.labels, "recall"))
-                break
+            in_range = min_tokens <= n <= max_tokens
+            if in_range and (best is None or abs(n - target) < abs(len(best.input_ids) - target)):
+                best = example
+            if in_range and (legacy or abs(n - target) <= max(8, target // 50)):
+                break  # within 2% of the drawn length (legacy: anywhere in the range)
+            chars_per_token = chars / max(1, n)
             chars = max(16, int(chars * target / max(1, n)))
+        if best is not None:
+            out.append(Example(best.input_ids, best.labels, "recall"))
     return out
 
 
