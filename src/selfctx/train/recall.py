@@ -173,6 +173,8 @@ def recall_examples(
     `values`: what the facts hold), else records only. `length_unit="chars"`: the drawn length is a
     character count and a sample is kept as soon as its tokens fall within the range (the legacy lengths,
     ~1/4 of the draw with a real tokenizer)."""
+    if length_unit not in ("tokens", "chars"):
+        raise ValueError(f"length_unit={length_unit!r}: use tokens or chars")
     rng = random.Random(f"recall-{seed}")
     out: list[Example] = []
     attempts = 0
