@@ -179,12 +179,12 @@ def recall_examples(
     out: list[Example] = []
     attempts = 0
     chars_per_token = 1.0  # learned from the samples made so far: the next first guess lands near its target
+    legacy = length_unit == "chars"
     while len(out) < n_samples and attempts < 20 * n_samples:
         attempts += 1
         target = rng.randint(min_tokens, max_tokens)
         sample_seed = rng.random()
         n_facts = None if facts_per_1k is None else max(1, round(facts_per_1k * target / 1000))
-        legacy = length_unit == "chars"
         chars = target if legacy else max(16, int(target * chars_per_token))
         best: Example | None = None
         for _ in range(3 if legacy else 4):
