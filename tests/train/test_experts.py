@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from selfctx.cli import app
 from selfctx.config import load_config
 from selfctx.errors import SelfctxError
-from selfctx.train.experts import ExpertsConfig, run_experts
+from selfctx.train.experts import ExpertsConfig, run_experts, start_source
 from selfctx.train.preset import preset_defaults
 
 
@@ -114,7 +114,7 @@ import os, signal, sys
 from selfctx.train.preset import preset_defaults
 from selfctx.config import load_config
 from selfctx.errors import SelfctxError
-from selfctx.train.experts import ExpertsConfig, run_experts
+from selfctx.train.experts import ExpertsConfig, run_experts, start_source
 out, kill_at = sys.argv[1], int(sys.argv[2])
 cfg = load_config(ExpertsConfig, None, [f"loop.output_dir={out}", "loop.max_steps=6", "loop.save_every=2"],
                   defaults=preset_defaults(ExpertsConfig, "experts", "cpu-smoke"))
@@ -319,3 +319,37 @@ def test_a_second_stage_starts_from_a_saved_battery_of_the_same_mechanism(tmp_pa
         run_experts(
             smoke_cfg(tmp_path / "three", "experts.window=64", f"experts.init_from={first.experts_dir}")
         )
+
+
+def test_a_battery_grows_by_a_stage_that_trains_other_ratios(tmp_path: Path) -> None:
+    first = run_experts(smoke_cfg(tmp_path / "one", "loop.max_steps=3", "experts.ratios=[4]"))
+    assert first.experts_dir is not None
+    still = ("loop.max_steps=1", "loop.optim.lr=1e-12", "loop.optim.warmup_steps=0")
+    second = run_experts(
+        smoke_cfg(tmp_path / "two", *still, "experts.ratios=[2]", f"experts.init_from={first.experts_dir}")
+    )
+    assert second.experts_dir is not None
+    assert json.loads((second.experts_dir / "battery.json").read_text())["ratios"] == [2, 4]
+    before, after = expert_weights(first.experts_dir), expert_weights(second.experts_dir)
+    saved = [k for k in before if "lora_" in k]
+    assert saved and any(before[k].abs().sum() > 0 for k in saved if "lora_B" in k)
+    for key in saved:  # x4 carried unchanged; x2 (not in the first battery) started from its x4
+        assert torch.equal(after[key], before[key]), key
+        assert torch.allclose(after[key.replace("expert-r4", "expert-r2")], before[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("ratio", "battery", "previous", "expected"),
+    [
+        (8, (8,), 4, ("battery", 8)),  # an exact match first
+        (16, (8,), 4, ("battery", 8)),  # the nearest on a log scale, wherever it comes from
+        (4, (16,), 8, ("previous", 8)),
+        (4, (8,), 2, ("previous", 2)),  # a tie: the expert trained just before
+        (4, (), None, None),  # nothing to start from: untrained
+        (32, (4, 8, 16), None, ("battery", 16)),
+    ],
+)
+def test_a_starting_expert_copies_the_nearest_trained_ratio(
+    ratio: int, battery: tuple[int, ...], previous: int | None, expected: tuple[str, int] | None
+) -> None:
+    assert start_source(ratio, battery, previous) == expected

@@ -16,6 +16,7 @@ the base model stays frozen.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -58,8 +59,10 @@ class ExpertSettings(CompressorConfig):
     # order they should train: e.g. [8, 4, 16] trains x8 from scratch, x4 from x8, then x16 from x4)
     init_from_previous: bool = True
     # a saved battery (OUTPUT/experts, or a --snapshot folder) trained under the same mechanism: each expert
-    # it holds starts from its weights (a second stage of training, on a schedule of its own); the others
-    # follow init_from_previous
+    # it holds starts from its weights (a second stage of training, on a schedule of its own); another ratio
+    # starts from the nearest expert (log scale) among the battery's and the one trained just before it
+    # (init_from_previous; the latter on a tie). The battery's experts this run does not train are carried
+    # into its battery unchanged, so a battery grows one stage at a time.
     init_from: str | None = None
 
 
@@ -257,9 +260,14 @@ def build_compressed(cfg: ExpertsConfig, model: Any, tokenizer: Any) -> Any:
     from selfctx.compress.model import CompressedLM
 
     torch.manual_seed(cfg.loop.seed)
-    battery = ExpertBattery.create(model, config=cfg.experts, base_model=cfg.model.name)
+    carried = carried_ratios(cfg)
+    experts = replace(cfg.experts, ratios=(*cfg.experts.ratios, *carried))
+    battery = ExpertBattery.create(model, config=experts, base_model=cfg.model.name)
     battery.for_training(next(model.parameters()).device)
-    return CompressedLM(model, tokenizer, battery, name=cfg.model.name)
+    compressed = CompressedLM(model, tokenizer, battery, name=cfg.model.name)
+    for ratio in carried:
+        _start_from_battery(ExpertModule(compressed), str(cfg.experts.init_from), ratio, ratio)
+    return compressed
 
 
 def training_length_limit(cfg: ExpertsConfig, compressed: Any, ratio: int) -> int:
@@ -300,7 +308,7 @@ _FREE_TO_DIFFER = ("ratios", "group_tokens")
 
 
 def _init_ratios(cfg: ExpertsConfig) -> tuple[int, ...]:
-    """The ratios `experts.init_from` can start (none without it); a battery trained under another
+    """The ratios of the experts `experts.init_from` holds (none without it); a battery trained under another
     mechanism is refused before any model loads."""
     folder = cfg.experts.init_from
     if folder is None:
@@ -317,7 +325,24 @@ def _init_ratios(cfg: ExpertsConfig) -> tuple[int, ...]:
                 f"experts.init_from {folder} was trained with {key}={getattr(saved, key)!r}, this run has "
                 f"{getattr(wanted, key)!r}: start from a battery trained under the same mechanism"
             )
-    return tuple(r for r in saved.ratios if r in cfg.experts.ratios)
+    return tuple(saved.ratios)
+
+
+def carried_ratios(cfg: ExpertsConfig) -> tuple[int, ...]:
+    """The experts of `experts.init_from` this run does not train: its battery carries them unchanged."""
+    return tuple(r for r in _init_ratios(cfg) if r not in cfg.experts.ratios)
+
+
+def start_source(ratio: int, battery: Sequence[int], previous: int | None) -> tuple[str, int] | None:
+    """Where a starting expert's weights come from: ("battery", r) or ("previous", r), the nearest ratio on a
+    log scale (an exact match first; the expert trained just before on a tie), or None (untrained)."""
+    if ratio in battery:
+        return ("battery", ratio)
+    candidates = [("previous", previous)] if previous is not None else []
+    candidates += [("battery", r) for r in battery]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: abs(math.log(ratio / c[1])))  # min keeps the first on a tie
 
 
 def run_experts(
@@ -385,11 +410,13 @@ def _train_plan(
                 finished = False
                 break
             loop = replace(loop, time_limit_s=max(left, 1e-9))
-        starting = ckpt.latest(output / name) is None
-        if starting and ratios[0] in from_battery:
-            _start_from_battery(module, str(cfg.experts.init_from), ratios[0])
-        elif starting and previous and cfg.experts.init_from_previous:
-            _start_from(module, output / previous[0], previous[1], ratios[0])
+        if ckpt.latest(output / name) is None and cfg.experts.kind == "lora":
+            before = previous[1] if previous and cfg.experts.init_from_previous else None
+            source = start_source(ratios[0], from_battery, before)
+            if source is not None and source[0] == "battery":
+                _start_from_battery(module, str(cfg.experts.init_from), source[1], ratios[0])
+            elif source is not None and previous is not None:
+                _start_from(module, output / previous[0], previous[1], ratios[0])
         objective = CompressionObjective(
             ratios[0],
             cfg.loop.gradient_checkpointing,
@@ -435,12 +462,12 @@ def _start_from(module: ExpertModule, run_dir: Path, source_ratio: int, ratio: i
     battery.adapter_for(ratio).load_state_dict(battery.adapter_for(source_ratio).state_dict())
 
 
-def _start_from_battery(module: ExpertModule, folder: str, ratio: int) -> None:
-    """Initialise the expert for `ratio` with the weights a saved battery's expert for `ratio` holds."""
+def _start_from_battery(module: ExpertModule, folder: str, saved_ratio: int, ratio: int) -> None:
+    """Initialise the expert for `ratio` with the weights a saved battery's expert for `saved_ratio` holds."""
     from selfctx.compress.battery import saved_expert_weights
 
     battery: Any = module.compressed.battery
-    battery.adapter_for(ratio).load_state_dict(saved_expert_weights(folder, ratio))
+    battery.adapter_for(ratio).load_state_dict(saved_expert_weights(folder, saved_ratio))
 
 
 def save_battery(cfg: ExpertsConfig, module: ExpertModule, output: Path) -> Path:
