@@ -82,6 +82,15 @@ def test_length_spec_kinds_and_sampling() -> None:
     assert "bucket 8k-16k" in spec.describe() and "uniform 1k-8k" in uniform.describe()
 
 
+def test_a_range_draws_targets_at_or_above_a_samples_minimum() -> None:
+    rng = random.Random(0)
+    uniform = LengthSpec.parse(uniform="1k-8k")
+    targets = [uniform.sample_target(rng, at_least=3000) for _ in range(300)]
+    assert min(targets) >= 3000 and max(targets) <= 8192 and len(set(targets)) > 250
+    assert uniform.sample_target(rng, at_least=20_000) == 8192  # above the range: its top (assembly says why)
+    assert LengthSpec.parse(length="2k").sample_target(rng, at_least=5000) == 2048  # a fixed length stays
+
+
 def test_every_bucket_can_be_drawn_from() -> None:
     rng = random.Random(1)
     for name in BUCKETS:

@@ -244,6 +244,19 @@ def test_rerun_replays_from_cache_and_is_identical(tmp_path: Path) -> None:
     assert rows(tmp_path / "a") == before
 
 
+def test_a_range_starting_below_a_samples_passages_still_builds_it(tmp_path: Path) -> None:
+    # a summarization sample's relevant passages alone outgrow the low end of the range: its target is
+    # drawn from the part of the range that holds them (this used to stop the whole run with an error)
+    cfg = SynthConfig(tokenizer="regex", per_task=3, uniform="64-400", tasks=("summarization",))
+    run_synth(cfg, tmp_path, llm=scripted_llm())
+    data = rows(tmp_path)
+    assert len(data) == 3
+    for r in data:
+        lo, hi = tolerance_window(r["target_tokens"], r["bucket"])
+        assert 64 <= r["target_tokens"] <= 400 and lo <= r["token_count"] <= hi
+    assert min(r["target_tokens"] for r in data) > 200  # each at least its own minimum (238-285 here)
+
+
 def test_impossible_length_is_a_clear_error(tmp_path: Path) -> None:
     cfg = SynthConfig(tokenizer="regex", per_task=1, length="2k", tasks=("qa",))
     run_synth(cfg, tmp_path / "a", llm=scripted_llm())

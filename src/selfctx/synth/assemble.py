@@ -200,6 +200,20 @@ def _tail_tokens(counter: TokenCounter, instruction: str, question: str, answer:
     return sum(counter.count_batch(parts))
 
 
+def minimum_tokens(draft: SampleDraft, pool_size: int, counter: TokenCounter) -> int:
+    """The fewest tokens a sample of `draft` can have: its relevant passages, their headers and the prompt,
+    with no distractor (drawing a target, a length range starts above it)."""
+    k = len(draft.relevant)
+    instruction, question, answer = draft.instruction.strip(), draft.question.strip(), draft.answer.strip()
+    # Placeholders hold positions not known yet: estimate with the widest plausible number, fix up later.
+    guess = [pool_size + k] * k
+    tail_estimate = _tail_tokens(
+        counter, fill_gold(instruction, guess), fill_gold(question, guess), fill_gold(answer, guess)
+    )
+    relevant = sum(passage_tokens(p, counter) for p in draft.relevant)
+    return chat_overhead(counter) + relevant + tail_estimate + _header_costs(counter).total(k)
+
+
 def _plan(
     draft: SampleDraft,
     pool: Sequence[Passage],
@@ -234,14 +248,8 @@ def _plan(
     ]
     if any(not piece.text for piece in relevant):
         raise ValueError(f"draft for task {draft.task!r} has an empty relevant passage")
-    # Placeholders hold positions not known yet: estimate with the widest plausible number, fix up later.
     n_placeholders = sum(len(_GOLD.findall(t)) for t in (instruction, question, answer))
-    guess = [len(pool) + k] * k
-    tail_estimate = _tail_tokens(
-        counter, fill_gold(instruction, guess), fill_gold(question, guess), fill_gold(answer, guess)
-    )
-    fixed = overhead + sum(piece.tokens for piece in relevant) + tail_estimate
-    minimum = fixed + headers.total(k)
+    minimum = minimum_tokens(draft, len(pool), counter)
     if minimum > hi:
         raise SelfctxError(
             f"target {target_tokens:,} tokens is smaller than the relevant passages + prompt "

@@ -151,9 +151,12 @@ class LengthSpec:
         bucket_of(hi)
         return LengthSpec("uniform", lo, hi)
 
-    def sample_target(self, rng: random.Random) -> int:
-        """A target token count for one sample (fixed targets ignore rng)."""
-        return self.lo if self.kind == "target" else rng.randint(self.lo, self.hi)
+    def sample_target(self, rng: random.Random, at_least: int = 0) -> int:
+        """A target token count for one sample (fixed targets ignore rng); a range draws from its part at or
+        above `at_least` (a sample's own minimum), or takes its top when the whole range lies below it."""
+        if self.kind == "target":
+            return self.lo
+        return rng.randint(min(max(self.lo, at_least), self.hi), self.hi)
 
     def bucket_for(self, target: int) -> str:
         """The bucket a sample with this target is promised to (the spec's own bucket when it has one)."""

@@ -280,11 +280,11 @@ class PoolSource:
         return draft_key(draft)
 
     def place(self, task: str, index: int, draft: SampleDraft) -> dict[str, Any]:
-        from selfctx.synth.assemble import assemble_sample
+        from selfctx.synth.assemble import assemble_sample, minimum_tokens
 
         spec = self.cfg.length_spec()
         rng = derive_rng(self.cfg.seed, task, index, "assemble")
-        target = spec.sample_target(rng)
+        target = spec.sample_target(rng, at_least=minimum_tokens(draft, len(self.pool), self.counter))
         sample = assemble_sample(
             draft,
             self.pool,
