@@ -13,12 +13,16 @@ One loaded base model; each method is a `SelfctxLM` over it (full = ratio 1: the
 truncate-N = ratio 1 over the context's first and last halves of N minus the answer budget; the untrained
 expert uses --untrained-sink / --untrained-memory-input, so it can share the trained experts' mechanism).
 Results go to OUT/results.json and OUT/results.md; each method's lm-eval output to OUT/<method>/. A method
-whose results.json exists is skipped, so a stopped run resumes.
+whose results.json exists is skipped, so a stopped run resumes. `--prior FILE` (repeatable; a results.json of
+an earlier folder on the same items, or one method's) adds rows scored before, so new methods pair with them
+(benchmarks/paired_mc.py); a prior row scored on other items is refused (told by the items file's sha256,
+which rows record; older rows only by their depths).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -68,6 +72,31 @@ def compressed_lms(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict
     return out
 
 
+def items_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def add_prior_rows(out: Path, priors: list[Path]) -> None:
+    """Earlier methods' rows on these items into OUT/<method>/results.json (never over an existing one)."""
+    items_file = out / "task" / "items.jsonl"
+    items = [json.loads(line) for line in items_file.read_text().splitlines() if line]
+    digest = items_sha256(items_file)
+    depths = [round(float(item["depth"]), 6) for item in items]
+    for prior in priors:
+        data = json.loads(prior.read_text())
+        rows = [data] if "per_item" in data else list(data.values())
+        for row in rows:
+            # rows written before items_sha256 was recorded can only be checked by their depths
+            other_items = row.get("items_sha256", digest) != digest
+            if other_items or [round(float(r["depth"]), 6) for r in row["per_item"]] != depths:
+                where = f"{prior} ({row['method']})"
+                raise SystemExit(f"error: {where} scored other items than {out}/task: drop that --prior")
+            target = out / row["method"] / "results.json"
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(json.dumps(row, indent=1), encoding="utf-8")
+
+
 def methods(args: argparse.Namespace, model: Any, tokenizer: Any) -> dict[str, Any]:
     """name -> (CompressedLM, forced ratio, truncation); `full` and `truncate-N` read the first battery's
     model at ratio 1 (nothing compressed)."""
@@ -100,7 +129,11 @@ def main() -> None:
     parser.add_argument("--truncate", type=int, default=0, help="also the truncation baseline at N tokens")
     parser.add_argument("--untrained-sink", type=int, default=0)
     parser.add_argument("--untrained-memory-input", default="shared", choices=["shared", "span_last"])
+    parser.add_argument("--prior", type=Path, action="append", default=[], help="earlier results.json")
     args = parser.parse_args()
+    for prior in args.prior:
+        if not prior.is_file():
+            raise SystemExit(f"error: --prior {prior} is not a file: give an earlier folder's results.json")
 
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -112,6 +145,7 @@ def main() -> None:
     task_dir = args.out / "task"
     if not (task_dir / "task.yaml").is_file():
         write_task(args, tokenizer, task_dir)
+    add_prior_rows(args.out, args.prior)
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     summary: dict[str, Any] = {}
     for name, (lm, ratio, truncate) in methods(args, model, tokenizer).items():
@@ -130,6 +164,7 @@ def main() -> None:
             "acc": out["results"][TASK]["acc,none"],
             "acc_stderr": out["results"][TASK]["acc_stderr,none"],
             "items": len(per_item),
+            "items_sha256": items_sha256(task_dir / "items.jsonl"),
             "seconds": round(time.perf_counter() - started, 1),
             "per_item": per_item,
         }
@@ -138,6 +173,8 @@ def main() -> None:
         summary[name] = result
         accuracy = f"acc {result['acc']:.3f} ± {result['acc_stderr']:.3f}"
         print(f"{name}: {accuracy} ({result['seconds']} s)", flush=True)
+    for path in sorted(args.out.glob("*/results.json")):  # rows of earlier calls and --prior ones too
+        summary.setdefault(path.parent.name, json.loads(path.read_text()))
     lines = [
         "| method | ratio | accuracy (%) | ± stderr | items | seconds |",
         "|---|---:|---:|---:|---:|---:|",
