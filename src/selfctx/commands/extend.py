@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from selfctx.checks import Budget
+from selfctx.checks import BUDGET_HELP, Budget
 from selfctx.errors import SelfctxError
 
 
@@ -21,7 +21,13 @@ def command(
     target_length: Annotated[
         str | None, typer.Option(help="Longest input to read, e.g. 128k (default: the budget's).")
     ] = None,
-    budget: Annotated[Budget, typer.Option(help="how much compute the whole run may take")] = "smoke",
+    budget: Annotated[
+        Budget,
+        typer.Option(
+            help="How much compute the run may take: "
+            + "; ".join(f"{k}: {v}" for k, v in BUDGET_HELP.items())
+        ),
+    ] = "smoke",
     config: Annotated[
         Path | None,
         typer.Option(help="YAML over the budget: keys target_length, min_ratio, synth.*, experts.*, eval.*"),

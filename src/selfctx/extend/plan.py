@@ -159,17 +159,6 @@ _PAPER: dict[str, Any] = {
     "eval": {"grid_points": 6, "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "samples": 3, "dtype": "bfloat16"},
 }
 _BUDGET_DICTS = {"smoke": _SMOKE, "cpu-hours": _CPU_HOURS, "gpu-hour": _GPU_HOUR, "paper": _PAPER}
-BUDGET_HELP = {
-    "smoke": "embedded-model rehearsal: 2 tasks x 1 sample of ~512 tokens, 2 training steps of one x4 expert "
-    "at window 128 (native capped at 512, 960-token target), a 2-length x 2-depth needle grid; minutes on a "
-    "2-core CPU",
-    "cpu-hours": "SmolLM2 on 2 CPU cores (experts preset smollm2-cpu; 6 tasks x 8 samples of 2-8K tokens, "
-    "8K target): a few hours (estimate)",
-    "gpu-hour": "SmolLM2-size model on one GPU (experts preset smollm2-gpu; 6 x 200 samples of 2-16K, 32K "
-    "target, bf16): about an hour (estimate)",
-    "paper": "the paper's recipe (experts preset llama-7b; 6 x 1000 samples of 1-8K, 128K target, "
-    "ratios from 2): a GPU node",
-}
 
 
 def budget_defaults(budget: str) -> dict[str, Any]:
