@@ -146,6 +146,7 @@ def main() -> None:
     if not (task_dir / "task.yaml").is_file():
         write_task(args, tokenizer, task_dir)
     add_prior_rows(args.out, args.prior)
+    digest = items_sha256(task_dir / "items.jsonl")
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     summary: dict[str, Any] = {}
     for name, (lm, ratio, truncate) in methods(args, model, tokenizer).items():
@@ -164,7 +165,7 @@ def main() -> None:
             "acc": out["results"][TASK]["acc,none"],
             "acc_stderr": out["results"][TASK]["acc_stderr,none"],
             "items": len(per_item),
-            "items_sha256": items_sha256(task_dir / "items.jsonl"),
+            "items_sha256": digest,
             "seconds": round(time.perf_counter() - started, 1),
             "per_item": per_item,
         }

@@ -31,11 +31,11 @@ MemoryInput = Literal["shared", "span_last"]
 SynthBackend = Literal["hf", "llamacpp", "openai"]  # what writes `selfctx synth`'s data
 Executor = Literal["local", "ray"]  # how `selfctx synth` schedules its work
 Budget = Literal["smoke", "cpu-hours", "gpu-hour", "paper"]  # `selfctx extend` presets
-# what each budget runs and costs (`selfctx extend --help`); the cpu-hours figure is measured on 2 idle cores
+# what each budget runs and costs (`selfctx extend --help`); cpu-hours: 3x the preset's measured x8
 BUDGET_HELP: dict[str, str] = {
     "smoke": "embedded-model rehearsal, 2 training steps of one x4 expert; minutes on 2 CPU cores",
     "cpu-hours": "SmolLM2 on 2 CPU cores, 8K target: x4/x8/x16 at 400 steps each of the smollm2-cpu preset "
-    "(its x8 took 4.4 h), so ~13 h of training plus ~30 min of data and evaluation",
+    "(its x8 took 4.4 h), so ~13 h of training (estimate) plus ~30 min of data and evaluation",
     "gpu-hour": "SmolLM2-size model on one GPU, 32K target, bf16: about an hour (estimate)",
     "paper": "the paper's recipe (llama-7b preset, 128K target, ratios from 2): a GPU node",
 }
